@@ -1,0 +1,41 @@
+# dibigan-tf: every target makes the virtual environment it needs (.venv) when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FLAGFILE ?= experiments/flagfiles/digits_blackbox.flags
+# Optional overrides passed to the training: make train-blackbox DATA_DIR=... MATCHER=... RUN=...
+TRAIN_ARGS := $(if $(DATA_DIR),--data_dir=$(DATA_DIR)) $(if $(MATCHER),--matcher=$(MATCHER)) \
+              $(if $(RUN),--run_name=$(RUN)) $(ARGS)
+PYTEST_ARGS ?=
+
+.PHONY: help venv train-blackbox test test-all tensorboard clean-venv
+
+help:
+	@echo "make train-blackbox   train DiBiGAN in blackbox mode (default: embedded MNIST digits)"
+	@echo "make test             run the test suite (the fast tests: what CI runs)"
+	@echo "make test-all         run every test, including those marked slow"
+	@echo "make tensorboard      TensorBoard on checkpoints/"
+	@echo "variables: FLAGFILE=$(FLAGFILE) DATA_DIR= MATCHER= RUN= ARGS='--flag=value ...'"
+
+$(VENV)/.installed: setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+train-blackbox: venv
+	$(PY) experiments/train.py --flagfile=$(FLAGFILE) $(TRAIN_ARGS)
+
+test: venv
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+test-all: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+tensorboard: venv
+	$(VENV)/bin/tensorboard --logdir checkpoints
+
+clean-venv:
+	rm -rf $(VENV)

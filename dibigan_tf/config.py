@@ -1,0 +1,62 @@
+"""Run configuration: plain dataclasses, built from flags in one place (experiments/train.py)."""
+from __future__ import annotations
+
+import dataclasses
+
+from dibigan_tf.training.gan import GanConfig
+
+
+@dataclasses.dataclass
+class MatcherConfig:
+    name: str = "lenet"
+    feature_dim: int = 1024
+    epochs: int = 8
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+
+
+@dataclasses.dataclass
+class StudentConfig:
+    depth: str = "small"
+    width: int = 32
+    epochs: int = 12
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    max_shift: int = 2
+
+
+@dataclasses.dataclass
+class FlowConfig:
+    num_steps: int = 5
+    hidden_channels: int = 32
+    num_res_blocks: int = 2
+    mixing: str = "conv1x1"
+    covariance: str = "diag"
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+
+
+@dataclasses.dataclass
+class RunConfig:
+    run_name: str = "digits-blackbox"
+    checkpoint_dir: str = "checkpoints"
+    dataset: str = "digits"
+    data_dir: str = ""
+    mode: str = "blackbox"
+    strategy: str = "default"
+    num_gpus: int = 0
+    seed: int = 0
+    holdout_per_class: int = 100
+    eval_positive_pairs: int = 3000
+    eval_negative_pairs: int = 3000
+    checkpoint_every_seconds: float = 120.0
+    checkpoint_every_steps: int = 0
+    stop_after_steps: int = 0
+    matcher: MatcherConfig = dataclasses.field(default_factory=MatcherConfig)
+    student: StudentConfig = dataclasses.field(default_factory=StudentConfig)
+    flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
+    gan: GanConfig = dataclasses.field(default_factory=GanConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)

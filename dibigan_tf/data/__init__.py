@@ -1,0 +1,1 @@
+"""Datasets as tf.data pipelines."""

@@ -1,0 +1,60 @@
+"""The matcher interface F: images in (a batch of uint8 pixels in the matcher's own input format),
+embedding vectors out.
+
+A matcher is *whitebox-capable* when it can also be called inside TensorFlow with gradients
+(`differentiable` is True and `tf_embed` works). DiBiGAN's blackbox mode never uses that path: the
+pipeline talks to F only through `embed`, and only through a `FeatureStore`, so that every image is
+sent to F once and every query is counted.
+"""
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+
+class MatcherError(RuntimeError):
+    """A matcher failed or answered something unusable (wrong shape, NaN...)."""
+
+
+class Matcher(abc.ABC):
+    #: a short stable name, used to key stored features ("lenet", "dlib", ...)
+    name: str = "matcher"
+    #: whether `tf_embed` gives gradients (whitebox-capable)
+    differentiable: bool = False
+
+    @property
+    @abc.abstractmethod
+    def input_shape(self):
+        """(height, width, channels) of the images `embed` takes."""
+
+    @property
+    @abc.abstractmethod
+    def embedding_dim(self) -> int:
+        """Length of the embedding vectors."""
+
+    @abc.abstractmethod
+    def _embed(self, images: np.ndarray) -> np.ndarray:
+        """Embeds a uint8 batch [n, h, w, c]; returns float [n, embedding_dim]."""
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Embeds a uint8 batch, checking what goes in and what comes out."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise MatcherError(f"{self.name}: expects uint8 images [n,h,w,c], got "
+                               f"{images.dtype} {images.shape}")
+        if tuple(images.shape[1:]) != tuple(self.input_shape):
+            raise MatcherError(f"{self.name}: expects images of shape {tuple(self.input_shape)},"
+                               f" got {tuple(images.shape[1:])}")
+        out = np.asarray(self._embed(images), dtype=np.float32)
+        if out.shape != (images.shape[0], self.embedding_dim):
+            raise MatcherError(f"{self.name}: returned embeddings of shape {out.shape}, expected "
+                               f"{(images.shape[0], self.embedding_dim)}")
+        if not np.all(np.isfinite(out)):
+            bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
+            raise MatcherError(f"{self.name}: returned a non-finite embedding (batch row {bad})")
+        return out
+
+    def tf_embed(self, images):
+        """Differentiable embedding of float images in [-1, 1] (whitebox matchers only)."""
+        raise MatcherError(f"{self.name} is a blackbox: it has no differentiable path")

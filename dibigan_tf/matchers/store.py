@@ -1,0 +1,104 @@
+"""The feature store: every image is sent to the blackbox matcher once, ever.
+
+Features are kept on disk in shards (`<root>/<matcher key>/shard-NNNNN.npz`, each holding the
+SHA-1 of the image bytes and the embedding), reused by every stage and every later run. Queries go
+out in chunks and each answered chunk is written as a shard before the next is sent, so an
+interrupted extraction resumes where it stopped and a matcher that fails mid-way loses nothing it
+already answered. Queries are counted in `<root>/<matcher key>/queries.json`.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from dibigan_tf.matchers.base import Matcher, MatcherError
+
+
+def image_key(image: np.ndarray) -> bytes:
+    """Content hash of one image (its shape and pixel bytes)."""
+    digest = hashlib.sha1(repr(image.shape).encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest().encode()
+
+
+def _atomic_savez(path, **arrays):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class FeatureStore:
+    def __init__(self, root: str, matcher: Matcher, key: str | None = None,
+                 chunk_size: int = 1000, progress=None):
+        self.matcher = matcher
+        self.dir = os.path.join(root, key or matcher.name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.chunk_size = chunk_size
+        self.progress = progress
+        self._index = {}
+        self._rows = []
+        self.session_queries = 0
+        for shard in sorted(glob.glob(os.path.join(self.dir, "shard-*.npz"))):
+            with np.load(shard) as data:
+                keys, feats = data["keys"], data["features"]
+            if feats.ndim != 2 or feats.shape[1] != matcher.embedding_dim:
+                raise MatcherError(f"{shard}: stored features have shape {feats.shape}, but "
+                                   f"{matcher.name} gives {matcher.embedding_dim}-D vectors; "
+                                   f"use another store key or delete {self.dir}")
+            for k, f in zip(keys, feats):
+                self._index[bytes(k)] = len(self._rows)
+                self._rows.append(f)
+
+    @property
+    def total_queries(self) -> int:
+        path = os.path.join(self.dir, "queries.json")
+        if not os.path.exists(path):
+            return 0
+        with open(path) as handle:
+            return int(json.load(handle)["queries"])
+
+    def _count(self, n):
+        self.session_queries += n
+        path = os.path.join(self.dir, "queries.json")
+        total = self.total_queries + n
+        with open(path + ".tmp", "w") as handle:
+            json.dump({"queries": total, "matcher": self.matcher.name}, handle)
+        os.replace(path + ".tmp", path)
+
+    def __len__(self):
+        return len(self._rows)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """Embeddings of `images` (uint8 [n,h,w,c]), querying the matcher only for unseen ones."""
+        keys = [image_key(im) for im in images]
+        missing, seen = [], set()
+        for i, k in enumerate(keys):
+            if k not in self._index and k not in seen:
+                missing.append(i)
+                seen.add(k)
+        start = time.time()
+        for c in range(0, len(missing), self.chunk_size):
+            chunk = missing[c:c + self.chunk_size]
+            feats = self.matcher.embed(images[chunk])  # validates shape and finiteness
+            shard = os.path.join(self.dir, f"shard-{len(glob.glob(os.path.join(self.dir, 'shard-*.npz'))):05d}.npz")
+            chunk_keys = np.array([keys[i] for i in chunk])
+            _atomic_savez(shard, keys=chunk_keys, features=feats)
+            self._count(len(chunk))
+            for k, f in zip(chunk_keys, feats):
+                self._index[bytes(k)] = len(self._rows)
+                self._rows.append(f)
+            if self.progress:
+                self.progress(min(c + self.chunk_size, len(missing)), len(missing),
+                              time.time() - start)
+        return np.stack([self._rows[self._index[k]] for k in keys]).astype(np.float32)

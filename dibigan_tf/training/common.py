@@ -1,0 +1,254 @@
+"""What every training shares: the tf.distribute strategy, the resumable stage (checkpoints, step
+counter, elapsed time, done marker), the deterministic input pipeline, progress and TensorBoard.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from dibigan_tf.keras_compat import keras
+
+
+class TrainingError(RuntimeError):
+    """A training cannot go on (non-finite loss, bad configuration...)."""
+
+
+# --------------------------------------------------------------------------- strategy
+
+def make_strategy(name: str = "default", num_gpus: int | None = None):
+    """`default`: TensorFlow's default (one-device) strategy; `mirrored`: MirroredStrategy over the
+    GPUs (or, without GPUs, over the logical CPUs configured before TensorFlow initialised)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        if num_gpus:
+            if num_gpus > len(devices):
+                raise TrainingError(f"--num_gpus={num_gpus} but only {len(devices)} devices: "
+                                    f"{devices}")
+            devices = devices[:num_gpus]
+        return tf.distribute.MirroredStrategy(devices)
+    raise TrainingError(f"unknown strategy {name!r} (default or mirrored)")
+
+
+# --------------------------------------------------------------------------- input pipeline
+
+def index_batches(num_items: int, batch_size: int, start_position: int, seed: int):
+    """Yields index batches of an endless stream of epochs, each a fresh permutation.
+
+    The image at global stream position p is permutation_{p // n}[p % n] with permutation_e drawn
+    from (seed, e), so a run resumed at position p sees exactly the batches it would have seen.
+    """
+    position = start_position
+    cache = {}
+
+    def permutation(epoch):
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = np.random.default_rng([seed, epoch]).permutation(num_items)
+        return cache[epoch]
+
+    while True:
+        out = np.empty(batch_size, np.int64)
+        for i in range(batch_size):
+            epoch, offset = divmod(position + i, num_items)
+            out[i] = permutation(epoch)[offset]
+        position += batch_size
+        yield out
+
+
+def array_dataset(arrays: dict, batch_size: int, start_position: int, seed: int,
+                  strategy=None, prefetch: int = 4):
+    """An endless, prefetched, resumable tf.data pipeline of batches gathered from numpy arrays.
+
+    arrays: name -> numpy array with the same first dimension. With a strategy, the global batch
+    is distributed over the replicas.
+    """
+    names = sorted(arrays)
+    n = len(arrays[names[0]])
+    for k in names:
+        if len(arrays[k]) != n:
+            raise TrainingError(f"array {k} has {len(arrays[k])} rows, expected {n}")
+
+    def generator():
+        for idx in index_batches(n, batch_size, start_position, seed):
+            yield tuple(arrays[k][idx] for k in names)
+
+    signature = tuple(tf.TensorSpec((batch_size,) + arrays[k].shape[1:],
+                                    tf.as_dtype(arrays[k].dtype)) for k in names)
+    ds = tf.data.Dataset.from_generator(generator, output_signature=signature)
+    ds = ds.map(lambda *t: dict(zip(names, t)))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    ds = ds.with_options(options).prefetch(prefetch)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        return strategy.experimental_distribute_dataset(ds)
+    return ds
+
+
+# --------------------------------------------------------------------------- progress
+
+class Progress:
+    """A progress line per stage: in-place on a terminal, every `interval` s in a log file."""
+
+    def __init__(self, name: str, total: int, unit: str = "step", interval: float | None = None):
+        self.name, self.total, self.unit = name, max(int(total), 1), unit
+        self.tty = sys.stdout.isatty()
+        self.interval = interval if interval is not None else (0.5 if self.tty else 30.0)
+        self.start = time.time()
+        self.last = 0.0
+
+    def update(self, current: int, values: dict | None = None, force: bool = False):
+        now = time.time()
+        if not force and now - self.last < self.interval and current < self.total:
+            return
+        self.last = now
+        frac = min(current / self.total, 1.0)
+        elapsed = now - self.start
+        bar = "#" * int(24 * frac) + "." * (24 - int(24 * frac))
+        text = f"[{self.name}] {bar} {current}/{self.total} {self.unit}s {elapsed:6.0f}s"
+        if values:
+            text += " " + " ".join(f"{k}={v:.4g}" for k, v in values.items())
+        if self.tty:
+            sys.stdout.write("\r" + text[:200].ljust(120))
+            if current >= self.total:
+                sys.stdout.write("\n")
+        else:
+            sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- resumable stage
+
+class Stage:
+    """One resumable training: `checkpoints/<run>/<name>/` with ckpt/, tb/ and done.json.
+
+    `objects` are the trackables to checkpoint (models, optimizers, EMA models...). The stage owns
+    a `step` counter, an `images_seen` counter (the data position) and the `elapsed` seconds, all
+    checkpointed with them.
+    """
+
+    def __init__(self, run_dir: str, name: str, strategy, objects: dict, keep: int = 3):
+        self.name = name
+        self.dir = os.path.join(run_dir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.strategy = strategy
+        with strategy.scope():
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.images_seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="images_seen")
+            self.elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="elapsed")
+        self.checkpoint = tf.train.Checkpoint(step=self.step, images_seen=self.images_seen,
+                                              elapsed=self.elapsed, **objects)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(self.dir, "ckpt"),
+                                                  max_to_keep=keep)
+        self._writer = None
+        self._clock = time.time()
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.dir, "tb"))
+        return self._writer
+
+    @property
+    def done_path(self):
+        return os.path.join(self.dir, "done.json")
+
+    def is_done(self) -> bool:
+        return os.path.exists(self.done_path)
+
+    def done_info(self) -> dict:
+        with open(self.done_path) as handle:
+            return json.load(handle)
+
+    def restore(self) -> bool:
+        """Restores the latest checkpoint if there is one; returns whether it did."""
+        path = self.manager.latest_checkpoint
+        if path is None:
+            return False
+        self.checkpoint.restore(path).expect_partial()
+        self._clock = time.time()
+        return True
+
+    def tick(self):
+        now = time.time()
+        self.elapsed.assign_add(now - self._clock)
+        self._clock = now
+
+    def save(self):
+        self.tick()
+        self.manager.save(checkpoint_number=int(self.step.numpy()))
+
+    def mark_done(self, info: dict | None = None):
+        self.save()
+        info = dict(info or {})
+        info.update(step=int(self.step.numpy()), images_seen=int(self.images_seen.numpy()),
+                    seconds=float(self.elapsed.numpy()))
+        with open(self.done_path + ".tmp", "w") as handle:
+            json.dump(info, handle, indent=2)
+        os.replace(self.done_path + ".tmp", self.done_path)
+        if self._writer is not None:
+            self._writer.flush()
+
+    def scalars(self, values: dict, step: int | None = None):
+        step = int(self.step.numpy()) if step is None else step
+        with self.writer.as_default(step=step):
+            for key, value in values.items():
+                tf.summary.scalar(key, value)
+
+    def images(self, name: str, grid: np.ndarray, step: int | None = None):
+        """grid: uint8 [h, w, c] (one image grid)."""
+        step = int(self.step.numpy()) if step is None else step
+        with self.writer.as_default(step=step):
+            tf.summary.image(name, grid[None], step=step)
+
+
+def check_finite(values: dict, stage: str, step: int):
+    """Stops a run with a message naming the loss, stage and step when a loss is NaN or Inf."""
+    for key, value in values.items():
+        if not math.isfinite(float(value)):
+            raise TrainingError(f"loss {key!r} is {float(value)} in stage {stage} at step {step}; "
+                                f"the last good checkpoint is kept")
+
+
+def reduce_mean_metrics(strategy, per_replica: dict) -> dict:
+    """Per-replica scalar metrics -> their mean over replicas (floats)."""
+    out = {}
+    for key, value in per_replica.items():
+        if strategy.num_replicas_in_sync > 1:
+            value = strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
+        out[key] = float(value)
+    return out
+
+
+def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
+    """uint8 [n, h, w, c] -> one uint8 grid image [rows*h, columns*w, c] (blank cells black)."""
+    n, h, w, c = images.shape
+    rows = int(math.ceil(n / columns))
+    grid = np.zeros((rows * h, columns * w, c), np.uint8)
+    for i in range(n):
+        r, k = divmod(i, columns)
+        grid[r * h:(r + 1) * h, k * w:(k + 1) * w] = images[i]
+    return grid
+
+
+def to_uint8(images) -> np.ndarray:
+    """Float images in [-1, 1] -> uint8 pixels (rounded, clipped), as a real attacker would send."""
+    images = np.asarray(images, np.float32)
+    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def build_optimizer(strategy, variables, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
+    """Adam, created inside the strategy scope and built on its variables (so checkpoint restore
+    needs no deferred slot creation)."""
+    with strategy.scope():
+        opt = keras.optimizers.Adam(learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
+        opt.build(variables)
+    return opt

@@ -1,0 +1,303 @@
+"""Progressive training of G and D (section 3.4): Eq. 8 for G, Eq. 9 (WGAN-GP) for D, the
+exponential loss weighting, fade-in, and an EMA copy of G for sampling and evaluation.
+
+Lower-resolution stages: the real batch is average-pooled to the stage's resolution (and, during a
+fade-in, blended with its 2x-blurred version by alpha, as in PO-GAN), so D and L_recon compare like
+with like. F^S and H see full-resolution inputs: the fake is nearest-upsampled to full size and
+compared with the equally upsampled real batch, i.e. both sides at the same level of detail.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from dibigan_tf import losses
+from dibigan_tf.matchers.lenet import uint8_to_unit
+from dibigan_tf.models.discriminator import ProgressiveDiscriminator
+from dibigan_tf.models.generator import build_generator
+from dibigan_tf.schedule import ProgressiveSchedule, exponential_weights
+from dibigan_tf.training.common import (Stage, build_optimizer, image_grid, to_uint8)
+from dibigan_tf.training.loops import distributed_step, run_phase
+
+
+@dataclasses.dataclass
+class GanConfig:
+    generator: str = "feature_conditional"   # or "pggan" (configurations A-C)
+    latent_dim: int = 128
+    start_resolution: int = 8
+    num_blocks: int = 3
+    g_channels: Sequence[int] = (128, 64, 32)
+    d_channels: Sequence[int] = (128, 64, 32)
+    mapping_layers: int = 8
+    mapping_dim: int = 256
+    mapping_lr_mul: float = 0.01
+    stable_images: Sequence[int] = (20000, 20000, 40000)
+    fade_images: Sequence[int] = (0, 10000, 10000)
+    base_batch_size: int = 128
+    base_batch_resolution: int = 4
+    batch_sizes: Optional[Sequence[int]] = None
+    learning_rate: float = 0.0015
+    beta_1: float = 0.0
+    beta_2: float = 0.99
+    gp_weight: float = 10.0
+    drift: float = 0.001
+    alpha_b: float = 0.001        # alpha of section 3.4 (lambda_b = alpha e^(R_M - R))
+    beta_adv: float = 1.0         # beta of section 3.4 (lambda_adv = beta e^R)
+    tap_weight: float = 1.0       # lambda_j
+    embedding_weight: float = 10.0  # lambda_a
+    biject_margin: float = -1.0   # m of Eq. 5; < 0: the median inter-identity distance of reals
+    use_biject: bool = True
+    use_distill: bool = True
+    use_adv: bool = True
+    use_recon: bool = True
+    ema_kimg: float = 10.0        # EMA half-life in thousands of images
+    seed: int = 3
+    log_every: int = 50
+    image_every: int = 500
+    jit_compile: bool = False
+
+    def schedule(self) -> ProgressiveSchedule:
+        return ProgressiveSchedule(self.num_blocks, self.start_resolution,
+                                   list(self.stable_images), list(self.fade_images),
+                                   base_batch_size=self.base_batch_size,
+                                   base_batch_resolution=self.base_batch_resolution,
+                                   batch_sizes=(list(self.batch_sizes) if self.batch_sizes
+                                                else None))
+
+
+def build_networks(cfg: GanConfig, feature_dim: int, image_channels: int):
+    g_kwargs = dict(feature_dim=feature_dim, latent_dim=cfg.latent_dim,
+                    start_resolution=cfg.start_resolution, num_blocks=cfg.num_blocks,
+                    channels=tuple(cfg.g_channels), image_channels=image_channels)
+    if cfg.generator == "feature_conditional":
+        g_kwargs.update(mapping_layers=cfg.mapping_layers, mapping_dim=cfg.mapping_dim,
+                        mapping_lr_mul=cfg.mapping_lr_mul)
+    generator = build_generator(cfg.generator, name="generator", **g_kwargs)
+    ema = build_generator(cfg.generator, name="generator_ema", **g_kwargs)
+    discriminator = ProgressiveDiscriminator(start_resolution=cfg.start_resolution,
+                                             num_blocks=cfg.num_blocks,
+                                             channels=tuple(cfg.d_channels),
+                                             image_channels=image_channels, name="discriminator")
+    for e, w in zip(ema.weights, generator.weights):
+        e.assign(w)
+    return generator, ema, discriminator
+
+
+def resize_nearest(images, size):
+    """Nearest-neighbour resize to `size` x `size` (an integer up-scaling of a PO-GAN stage)."""
+    if images.shape[1] == size:
+        return images
+    factor = size // images.shape[1]
+    return tf.repeat(tf.repeat(images, factor, axis=1), factor, axis=2)
+
+
+def average_pool(images, size):
+    if images.shape[1] == size:
+        return images
+    factor = images.shape[1] // size
+    return tf.nn.avg_pool2d(images, factor, factor, "VALID")
+
+
+def flow_input(images):
+    """[-1, 1] images -> the flow's [-0.5, 0.5] pixel scale."""
+    return images * 0.5
+
+
+def biject_margin_from_data(flow, images_unit, labels, max_images=512):
+    """m of Eq. 5 when not given: the median Eq. 4 distance between real images of different
+    identities (so the hinge pushes reconstructions of different identities at least as far
+    apart as typical real images are)."""
+    x = images_unit[:max_images]
+    z = flow.forward(flow_input(tf.constant(x)))[0]
+    mu, sigma = losses.latent_gaussian_stats(z)
+    d = losses.pairwise_w2_diag(mu, sigma).numpy()
+    lab = labels[:max_images]
+    different = lab[:, None] != lab[None, :]
+    return float(np.median(d[different]))
+
+
+class GanTrainer:
+    """Holds G, G_ema, D, their optimizers and the frozen F^S and H; trains phase by phase."""
+
+    def __init__(self, run_dir, strategy, cfg: GanConfig, images, features, labels,
+                 student=None, flow=None, name="gan"):
+        self.cfg = cfg
+        self.strategy = strategy
+        self.images, self.features = images, features.astype(np.float32)
+        self.labels = labels.astype(np.int64)
+        self.full_resolution = images.shape[1]
+        self.schedule = cfg.schedule()
+        if self.schedule.resolution(cfg.num_blocks - 1) != self.full_resolution:
+            raise ValueError(f"the last stage is {self.schedule.resolution(cfg.num_blocks - 1)}px"
+                             f" but the images are {self.full_resolution}px: adjust "
+                             f"start_resolution/num_blocks")
+        if cfg.use_distill and student is None:
+            raise ValueError("use_distill needs a student (or whitebox matcher) network")
+        if cfg.use_biject and flow is None:
+            raise ValueError("use_biject needs the bijection H")
+        self.student, self.flow = student, flow
+        with strategy.scope():
+            self.generator, self.ema, self.discriminator = build_networks(
+                cfg, features.shape[1], images.shape[-1])
+        self.g_opt = build_optimizer(strategy, self.generator.trainable_variables,
+                                     cfg.learning_rate, cfg.beta_1, cfg.beta_2)
+        self.d_opt = build_optimizer(strategy, self.discriminator.trainable_variables,
+                                     cfg.learning_rate, cfg.beta_1, cfg.beta_2)
+        self.stage = Stage(run_dir, name, strategy, {
+            "generator": self.generator, "generator_ema": self.ema,
+            "discriminator": self.discriminator, "g_optimizer": self.g_opt,
+            "d_optimizer": self.d_opt})
+        self.margin = cfg.biject_margin
+        if cfg.use_biject and self.margin < 0:
+            self.margin = biject_margin_from_data(flow, uint8_to_unit(images).numpy(),
+                                                  self.labels)
+        rng = np.random.default_rng(cfg.seed)
+        self.preview_idx = rng.choice(len(images), 16, replace=False)
+        self.preview_v = rng.standard_normal((16, cfg.latent_dim)).astype(np.float32)
+        self.steps = {}   # phase index -> tf.function (for trace counting)
+
+    # ------------------------------------------------------------------ one phase's step
+    def make_step(self, phase):
+        cfg, G, D = self.cfg, self.generator, self.discriminator
+        stage, fade, batch = phase.stage, phase.fade, phase.batch_size
+        res, full = phase.resolution, self.full_resolution
+        g_vars = G.variables_for_stage(stage, fade_in=fade)
+        d_vars = D.variables_for_stage(stage, fade_in=fade)
+        student, flow, margin = self.student, self.flow, self.margin
+        ema_beta = 0.5 ** (batch / max(cfg.ema_kimg * 1000.0, 1e-8))
+
+        def replica_step(data, alpha, weights):
+            real_full = uint8_to_unit(data["images"])
+            f, labels = data["features"], data["labels"]
+            n = tf.shape(real_full)[0]
+            real = average_pool(real_full, res)
+            if fade:
+                blurred = resize_nearest(average_pool(real, res // 2), res)
+                real = blurred + (real - blurred) * alpha
+            v = tf.random.normal([n, cfg.latent_dim])
+
+            # ---- critic (Eq. 9)
+            with tf.GradientTape() as tape:
+                fake = G(v, f, stage=stage, alpha=alpha, training=True)
+                d_real = D(real, stage=stage, alpha=alpha, training=True)
+                d_fake = D(fake, stage=stage, alpha=alpha, training=True)
+                eps = tf.random.uniform([n])
+                gp = losses.gradient_penalty(lambda x: D(x, stage=stage, alpha=alpha,
+                                                         training=True), real, fake, eps)
+                d_ex = losses.critic_wgan(d_real, d_fake, cfg.drift) + cfg.gp_weight * gp
+                d_loss = tf.nn.compute_average_loss(d_ex, global_batch_size=batch)
+            self.d_opt.apply_gradients(zip(tape.gradient(d_loss, d_vars), d_vars))
+
+            # ---- generator (Eq. 8)
+            out = {"d_loss": d_loss,
+                   "gp": tf.reduce_sum(gp) / batch,
+                   "wasserstein": tf.reduce_sum(d_real - d_fake) / batch}
+            with tf.GradientTape() as tape:
+                fake = G(v, f, stage=stage, alpha=alpha, training=True)
+                total = tf.zeros([n])
+                if cfg.use_adv:
+                    adv = losses.generator_adversarial(D(fake, stage=stage, alpha=alpha,
+                                                         training=True))
+                    total += weights[2] * adv
+                    out["adv"] = tf.reduce_sum(adv) / batch
+                if cfg.use_recon:
+                    recon = losses.reconstruction_l1(fake, real)
+                    total += weights[3] * recon
+                    out["recon_l1"] = tf.reduce_sum(recon) / batch
+                if cfg.use_distill or cfg.use_biject:
+                    fake_up = resize_nearest(fake, full)
+                    real_up = tf.stop_gradient(resize_nearest(real, full))
+                if cfg.use_distill:
+                    s_fake = student(fake_up, training=False)
+                    s_real = [tf.stop_gradient(t) for t in student(real_up, training=False)]
+                    distill = losses.generator_distill_loss(
+                        s_fake[:-1], s_real[:-1], s_fake[-1], s_real[-1],
+                        tap_weights=[cfg.tap_weight] * (len(s_fake) - 1),
+                        embedding_weight=cfg.embedding_weight)
+                    total += weights[1] * distill
+                    out["distill"] = tf.reduce_sum(distill) / batch
+                    cos = 1.0 - tf.sqrt(losses.cosine_distill_loss(s_real[-1], s_fake[-1]))
+                    out["student_cosine"] = tf.reduce_sum(cos) / batch
+                if cfg.use_biject:
+                    z_fake = flow.forward(flow_input(fake_up))[0]
+                    z_real = flow.forward(flow_input(real_up))[0]
+                    biject = losses.biject_loss(z_fake, z_real, labels, margin)
+                    total += weights[0] * biject
+                    out["biject"] = tf.reduce_sum(biject) / batch
+                g_loss = tf.nn.compute_average_loss(total, global_batch_size=batch)
+            self.g_opt.apply_gradients(zip(tape.gradient(g_loss, g_vars), g_vars))
+            out["g_loss"] = g_loss
+            return out
+
+        def ema_update():
+            for e, w in zip(self.ema.trainable_variables, G.trainable_variables):
+                e.assign(w + (e - w) * ema_beta)
+
+        return distributed_step(self.strategy, replica_step, jit_compile=cfg.jit_compile,
+                                post_fn=ema_update)
+
+    def step_args(self, seen):
+        alpha = self.schedule.alpha(seen)
+        w = exponential_weights(self.schedule.scale(seen), self.cfg.num_blocks - 1,
+                                self.cfg.alpha_b, self.cfg.beta_adv)
+        return (tf.constant(alpha, tf.float32),
+                tf.constant([w.biject, w.distill, w.adversarial, w.recon], tf.float32))
+
+    # ------------------------------------------------------------------ previews
+    def preview(self, stage, alpha=1.0):
+        """EMA generator's images for 16 fixed training features, with their real images."""
+        fake = self.ema(tf.constant(self.preview_v), tf.constant(self.features[self.preview_idx]),
+                        stage=stage, alpha=tf.constant(alpha, tf.float32), training=False)
+        fake = resize_nearest(fake, self.full_resolution).numpy()
+        real = self.images[self.preview_idx]
+        cells = np.concatenate([real, to_uint8(fake)], axis=0)
+        return image_grid(cells, 16)
+
+    # ------------------------------------------------------------------ training
+    def train(self, **loop_kwargs):
+        stage = self.stage
+        stage.restore()
+        if stage.is_done():
+            return
+        arrays = {"images": self.images, "features": self.features, "labels": self.labels}
+        total = self.schedule.total_images
+        for phase in self.schedule.phases():
+            if int(stage.images_seen.numpy()) >= phase.end_image:
+                continue
+            step = self.make_step(phase)
+            self.steps[phase.index] = step
+            image_every = max(self.cfg.image_every, 1)
+
+            def on_log(step_number, values, phase=phase):
+                if step_number % image_every < self.cfg.log_every:
+                    seen = int(stage.images_seen.numpy())
+                    stage.images(f"preview/{phase.resolution}px",
+                                 self.preview(phase.stage, self.schedule.alpha(seen)), step_number)
+                    stage.scalars({"alpha": self.schedule.alpha(seen),
+                                   "scale_R": self.schedule.scale(seen)}, step_number)
+
+            run_phase(stage, step, arrays, phase.batch_size, phase.end_image,
+                      seed=self.cfg.seed + phase.index, total_images=total,
+                      step_args=self.step_args, log_every=self.cfg.log_every, on_log=on_log,
+                      label=phase.name, **loop_kwargs)
+            stage.images(f"preview/{phase.resolution}px", self.preview(phase.stage),
+                         int(stage.step.numpy()))
+            stage.save()
+        stage.mark_done({"biject_margin": self.margin})
+
+    # ------------------------------------------------------------------ inference
+    def reconstruct(self, features, seed=0, batch_size=250):
+        """uint8 reconstructions G_ema(v, f) at full resolution, v ~ N(0, I) with a fixed seed."""
+        rng = np.random.default_rng(seed)
+        last = self.cfg.num_blocks - 1
+        fn = tf.function(lambda v, f: self.ema(v, f, stage=last, alpha=1.0, training=False))
+        out = []
+        for i in range(0, len(features), batch_size):
+            f = features[i:i + batch_size].astype(np.float32)
+            v = rng.standard_normal((len(f), self.cfg.latent_dim)).astype(np.float32)
+            out.append(to_uint8(fn(tf.constant(v), tf.constant(f)).numpy()))
+        return np.concatenate(out)

@@ -1,0 +1,82 @@
+"""The step loop shared by every training: one distributed `tf.function` step per phase, a
+prefetched resumable input pipeline, progress, TensorBoard scalars, NaN checks and periodic
+checkpoints. The trainables (matcher, student, flow, GAN) supply only their replica step."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from dibigan_tf.training.common import (Progress, Stage, array_dataset, check_finite)
+
+
+def distributed_step(strategy, replica_fn: Callable, name: str = "train_step",
+                     jit_compile: bool = False, post_fn: Optional[Callable] = None):
+    """Wraps `replica_fn(batch, *args) -> dict of per-replica contributions` in one tf.function.
+
+    Each contribution must already be divided by the global batch (so the SUM over replicas is
+    the global mean); the returned dict holds those sums. `traces` counts Python traces (a test
+    checks there is one per phase). `post_fn()` runs after the replicas, in cross-replica
+    context, inside the same tf.function (e.g. the generator's EMA update).
+    """
+    counter = {"traces": 0}
+
+    def step(batch, *args):
+        counter["traces"] += 1
+        per_replica = strategy.run(replica_fn, args=(batch,) + tuple(args))
+        if post_fn is not None:
+            post_fn()
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
+    fn = tf.function(step, jit_compile=jit_compile or None, reduce_retracing=False)
+    fn.trace_counter = counter
+    return fn
+
+
+def run_phase(stage: Stage, step_fn, arrays: dict, batch_size: int, end_images: int,
+              seed: int, total_images: Optional[int] = None, step_args: Optional[Callable] = None,
+              log_every: int = 50, checkpoint_every_steps: int = 0,
+              checkpoint_every_seconds: float = 120.0, on_log: Optional[Callable] = None,
+              label: str = "", stop_after_steps: int = 0):
+    """Runs `step_fn` on batches until the stage has seen `end_images` images.
+
+    step_args(images_seen) -> tuple of tensors passed after the batch (e.g. fade-in alpha and
+    loss weights); on_log(step, metrics) is called every `log_every` steps after the scalars are
+    written. Resumes from the stage's `images_seen`. `stop_after_steps` (> 0) stops the process
+    cleanly after that many steps in this call, for tests of resumption.
+    """
+    start = int(stage.images_seen.numpy())
+    if start >= end_images:
+        return
+    dataset = array_dataset(arrays, batch_size, start, seed, stage.strategy)
+    iterator = iter(dataset)
+    progress = Progress(f"{stage.name}{(' ' + label) if label else ''}",
+                        total_images or end_images, unit="image")
+    last_save_step, last_save_time = int(stage.step.numpy()), time.time()
+    steps_here = 0
+    while int(stage.images_seen.numpy()) < end_images:
+        seen = int(stage.images_seen.numpy())
+        args = step_args(seen) if step_args else ()
+        metrics = step_fn(next(iterator), *args)
+        stage.step.assign_add(1)
+        stage.images_seen.assign_add(batch_size)
+        steps_here += 1
+        step = int(stage.step.numpy())
+        values = {k: float(v) for k, v in metrics.items()}
+        # Every step, so that no checkpoint is ever written from non-finite weights.
+        check_finite(values, stage.name, step)
+        if step % log_every == 0 or int(stage.images_seen.numpy()) >= end_images:
+            stage.scalars(values, step)
+            progress.update(int(stage.images_seen.numpy()), values)
+            if on_log:
+                on_log(step, values)
+        if ((checkpoint_every_steps and step - last_save_step >= checkpoint_every_steps) or
+                time.time() - last_save_time >= checkpoint_every_seconds):
+            stage.save()
+            last_save_step, last_save_time = step, time.time()
+        if stop_after_steps and steps_here >= stop_after_steps:
+            stage.save()
+            raise SystemExit(f"stopped after {steps_here} steps (--stop_after_steps)")
+    progress.update(int(stage.images_seen.numpy()), force=True)

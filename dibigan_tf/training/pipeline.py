@@ -1,0 +1,145 @@
+"""The whole DiBiGAN pipeline in blackbox mode, stage after stage, each resumable on its own:
+
+split -> matcher F (digits: LeNet trained here, then used only as a blackbox) -> feature store
+(every image queried once) -> student F^S (Eq. 6) -> bijection H (class-conditional NLL) ->
+G/D progressive training (Eq. 8, Eq. 9, section 3.4) -> evaluation and report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+from absl import logging
+
+from dibigan_tf.config import RunConfig
+from dibigan_tf.data.digits import balanced_holdout_split, load_embedded_digits
+from dibigan_tf.evaluation.verification import cosine_similarity_rows
+from dibigan_tf.evaluation.report import (evaluate_reconstructions, reconstruction_figure,
+                                          write_report)
+from dibigan_tf.matchers.lenet import LeNetMatcher
+from dibigan_tf.matchers.store import FeatureStore
+from dibigan_tf.training.classifier import train_lenet
+from dibigan_tf.training.common import TrainingError, make_strategy
+from dibigan_tf.training.flow import evaluate_flow, train_flow
+from dibigan_tf.training.gan import GanTrainer
+from dibigan_tf.training.student import student_embed, train_student
+
+
+def _save_json(path, data):
+    with open(path + ".tmp", "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True, default=str)
+    os.replace(path + ".tmp", path)
+
+
+def load_dataset(cfg: RunConfig, run_dir: str):
+    """(train ImageSet, held-out ImageSet); the split is recorded in the run and checked on
+    resume so that a resumed run never trains on a held-out image."""
+    if cfg.dataset != "digits":
+        raise TrainingError(f"dataset {cfg.dataset!r} is not available yet (digits)")
+    data = load_embedded_digits()
+    train_idx, held_idx = balanced_holdout_split(data.labels, cfg.holdout_per_class, cfg.seed)
+    split_path = os.path.join(run_dir, "split.json")
+    split = {"train": train_idx.tolist(), "heldout": held_idx.tolist()}
+    if os.path.exists(split_path):
+        with open(split_path) as handle:
+            if json.load(handle) != split:
+                raise TrainingError(f"{split_path} records another train/held-out split (a "
+                                    f"different seed or holdout size); use another --run_name")
+    else:
+        _save_json(split_path, split)
+    return data.subset(train_idx), data.subset(held_idx)
+
+
+def run_blackbox(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
+    """Runs (or resumes) every stage; returns the metrics written to the report."""
+    run_dir = os.path.join(cfg.checkpoint_dir, cfg.run_name)
+    os.makedirs(run_dir, exist_ok=True)
+    _save_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
+    strategy = make_strategy(cfg.strategy, cfg.num_gpus or None)
+    loop_kwargs = dict(loop_kwargs or {})
+    loop_kwargs.setdefault("checkpoint_every_seconds", cfg.checkpoint_every_seconds)
+    loop_kwargs.setdefault("checkpoint_every_steps", cfg.checkpoint_every_steps)
+    seconds = {}
+
+    # 1. data
+    start = time.time()
+    train, heldout = load_dataset(cfg, run_dir)
+    seconds["data"] = time.time() - start
+    logging.info("digits: %d training, %d held-out (%d per class)", len(train), len(heldout),
+                 cfg.holdout_per_class)
+
+    # 2. the matcher F: trained on the training split, then only ever a blackbox
+    m = cfg.matcher
+    path = train_lenet(run_dir, strategy, train.images, train.labels, feature_dim=m.feature_dim,
+                       epochs=m.epochs, batch_size=m.batch_size, learning_rate=m.learning_rate,
+                       seed=cfg.seed, **loop_kwargs)
+    seconds["matcher"] = _stage_seconds(run_dir, "matcher")
+    matcher = LeNetMatcher.load(path)
+
+    # 3. the feature store: each image sent to F once, ever
+    start = time.time()
+    store = FeatureStore(os.path.join(run_dir, "features"), matcher)
+    train_features = store.features(train.images)
+    held_features = store.features(heldout.images)
+    seconds["features"] = time.time() - start
+    logging.info("features: %d stored, %d queries in this session", len(store),
+                 store.session_queries)
+
+    # 4. the student F^S (Eq. 6)
+    s = cfg.student
+    student, _ = train_student(run_dir, strategy, train.images, train_features, depth=s.depth,
+                               width=s.width, epochs=s.epochs, batch_size=s.batch_size,
+                               learning_rate=s.learning_rate, max_shift=s.max_shift,
+                               seed=cfg.seed + 1, **loop_kwargs)
+    seconds["student"] = _stage_seconds(run_dir, "student")
+    student_cos = float(np.mean(cosine_similarity_rows(student_embed(student, heldout.images),
+                                                       held_features)))
+
+    # 5. the bijection H (class-conditional log-likelihood)
+    fl = cfg.flow
+    flow, prior = train_flow(run_dir, strategy, train.images, train.labels, train.num_classes,
+                             num_steps=fl.num_steps, hidden_channels=fl.hidden_channels,
+                             num_res_blocks=fl.num_res_blocks, mixing=fl.mixing,
+                             covariance=fl.covariance, epochs=fl.epochs,
+                             batch_size=fl.batch_size, learning_rate=fl.learning_rate,
+                             seed=cfg.seed + 2, **loop_kwargs)
+    seconds["flow"] = _stage_seconds(run_dir, "flow")
+    flow_metrics = evaluate_flow(flow, prior, heldout.images, heldout.labels)
+
+    # 6. G and D
+    trainer = GanTrainer(run_dir, strategy, cfg.gan, train.images, train_features, train.labels,
+                         student=student if cfg.gan.use_distill else None,
+                         flow=flow if cfg.gan.use_biject else None)
+    trainer.train(stop_after_steps=cfg.stop_after_steps, **loop_kwargs)
+    seconds["gan"] = _stage_seconds(run_dir, "gan")
+
+    # 7. evaluation on the held-out split, scored by the blackbox F
+    start = time.time()
+    recons = trainer.reconstruct(held_features, seed=cfg.seed)
+    recon_features = store.features(recons)
+    metrics = evaluate_reconstructions(held_features, recon_features, heldout.labels,
+                                       train_features, train.labels,
+                                       num_positive=cfg.eval_positive_pairs,
+                                       num_negative=cfg.eval_negative_pairs, seed=cfg.seed)
+    seconds["evaluate"] = time.time() - start
+    metrics.update(flow_metrics)
+    metrics["student_cosine_heldout"] = student_cos
+    metrics["blackbox_queries"] = store.total_queries
+    metrics["blackbox_queries_training_images"] = len(train) + len(heldout)
+    metrics["seconds"] = seconds
+    metrics["seconds_total"] = float(sum(seconds.values()))
+    metrics["run"] = cfg.run_name
+    metrics["mode"] = cfg.mode
+    figure = reconstruction_figure(heldout.images, recons, heldout.labels, per_class=8)
+    path = write_report(os.path.join(run_dir, "report"), metrics, figure,
+                        title=f"DiBiGAN {cfg.mode} run `{cfg.run_name}` on {cfg.dataset}")
+    logging.info("report: %s", path)
+    return metrics
+
+
+def _stage_seconds(run_dir, name):
+    with open(os.path.join(run_dir, name, "done.json")) as handle:
+        return float(json.load(handle)["seconds"])
+

@@ -1,0 +1,59 @@
+"""Distilling the student F^S from the blackbox F's stored features (Eq. 6, section 3.3)."""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from dibigan_tf import losses
+from dibigan_tf.matchers.lenet import uint8_to_unit
+from dibigan_tf.models.student import build_student
+from dibigan_tf.training.classifier import random_shift
+from dibigan_tf.training.common import Stage, build_optimizer
+from dibigan_tf.training.loops import distributed_step, run_phase
+
+
+def make_student(strategy, image_shape, embedding_dim, depth="small", width=32):
+    with strategy.scope():
+        return build_student(image_shape, embedding_dim, depth=depth, width=width)
+
+
+def train_student(run_dir, strategy, images, features, *, depth="small", width=32, epochs=10,
+                  batch_size=64, learning_rate=1e-3, max_shift=2, seed=1, log_every=20,
+                  **loop_kwargs):
+    """Trains F^S on (image, F(image)) pairs with Eq. 6 (or resumes); returns (model, stage).
+
+    images: uint8 [n, h, w, c]; features: the blackbox embeddings from the feature store.
+    Random shifts of up to `max_shift` pixels make the student see more than the exact training
+    images (the generator's reconstructions are never pixel-exact).
+    """
+    model = make_student(strategy, images.shape[1:], features.shape[1], depth, width)
+    optimizer = build_optimizer(strategy, model.trainable_variables, learning_rate)
+    stage = Stage(run_dir, "student", strategy, {"model": model, "optimizer": optimizer})
+    stage.restore()
+    if stage.is_done():
+        return model, stage
+    global_batch = batch_size
+
+    def replica_step(batch):
+        x = random_shift(uint8_to_unit(batch["images"]), max_shift)
+        with tf.GradientTape() as tape:
+            embedding = model(x, training=True)[-1]
+            per_example = losses.cosine_distill_loss(batch["features"], embedding)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        cosine = 1.0 - tf.sqrt(per_example)
+        return {"loss": loss, "cosine": tf.reduce_sum(cosine) / global_batch}
+
+    step = distributed_step(strategy, replica_step)
+    run_phase(stage, step, {"images": images, "features": features.astype(np.float32)},
+              batch_size, epochs * len(images), seed, log_every=log_every, **loop_kwargs)
+    stage.mark_done()
+    return model, stage
+
+
+def student_embed(model, images, batch_size=500):
+    """F^S embeddings of uint8 images (inference mode)."""
+    fn = tf.function(lambda x: model(uint8_to_unit(x), training=False)[-1])
+    return np.concatenate([fn(tf.constant(images[i:i + batch_size])).numpy()
+                           for i in range(0, len(images), batch_size)])

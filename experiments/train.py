@@ -1,0 +1,168 @@
+"""Train DiBiGAN end to end (blackbox mode by default) and write the run's report.
+
+    python experiments/train.py --flagfile=experiments/flagfiles/digits_blackbox.flags
+
+Every stage checkpoints under --checkpoint_dir/--run_name; running the same command again resumes
+where it stopped (finished stages are loaded, the interrupted one continues from its last step).
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dibigan_tf import keras_compat  # noqa: E402,F401  (selects Keras 2 before TF loads)
+
+FLAGS = flags.FLAGS
+
+# run
+flags.DEFINE_string("run_name", "digits-blackbox", "Run folder under --checkpoint_dir.")
+flags.DEFINE_string("checkpoint_dir", "checkpoints", "Where runs are written.")
+flags.DEFINE_enum("dataset", "digits", ["digits"], "Training data (digits: embedded MNIST).")
+flags.DEFINE_string("data_dir", "", "Image root for face datasets.")
+flags.DEFINE_enum("mode", "blackbox", ["blackbox"], "blackbox: F^S is distilled from F.")
+flags.DEFINE_enum("matcher", "lenet", ["lenet"], "The matcher F under attack.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "tf.distribute strategy.")
+flags.DEFINE_integer("num_gpus", 0, "Replicas for --strategy=mirrored (0: all devices).")
+flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices (tests "
+                     "and CPU runs of --strategy=mirrored).")
+flags.DEFINE_integer("seed", 0, "Seed of the split, pairs and every stage.")
+flags.DEFINE_integer("holdout_per_class", 100, "Held-out digits per class (never trained on).")
+flags.DEFINE_integer("eval_positive_pairs", 3000, "Positive verification pairs.")
+flags.DEFINE_integer("eval_negative_pairs", 3000, "Negative verification pairs.")
+flags.DEFINE_float("checkpoint_every_seconds", 120.0, "Checkpoint period (seconds).")
+flags.DEFINE_integer("checkpoint_every_steps", 0, "Checkpoint period (steps; 0: off).")
+flags.DEFINE_integer("stop_after_steps", 0, "Stop the GAN stage after this many steps in this "
+                     "process (to test resumption).")
+# matcher
+flags.DEFINE_integer("matcher_feature_dim", 1024, "LeNet feature size (1x1024 in the paper).")
+flags.DEFINE_integer("matcher_epochs", 8, "LeNet training epochs.")
+# student
+flags.DEFINE_string("student_depth", "small", "ResNet depth of F^S: small, 18, 34, 50, 101.")
+flags.DEFINE_integer("student_width", 32, "Channels of F^S's first stage (64: standard).")
+flags.DEFINE_integer("student_epochs", 12, "F^S distillation epochs.")
+flags.DEFINE_integer("student_batch_size", 64, "F^S batch size.")
+# flow
+flags.DEFINE_integer("flow_steps", 5, "Sub-mappings of H (5 in the paper).")
+flags.DEFINE_integer("flow_hidden_channels", 32, "Feature maps of H's residual blocks.")
+flags.DEFINE_integer("flow_res_blocks", 2, "Residual blocks per sub-mapping.")
+flags.DEFINE_enum("flow_mixing", "conv1x1", ["conv1x1", "permute"], "Channel mixing of H.")
+flags.DEFINE_enum("flow_covariance", "diag", ["diag", "full"], "Class prior covariance.")
+flags.DEFINE_integer("flow_epochs", 10, "H training epochs.")
+flags.DEFINE_integer("flow_batch_size", 64, "H batch size.")
+flags.DEFINE_float("flow_learning_rate", 1e-3, "H learning rate.")
+# G and D
+flags.DEFINE_enum("generator", "feature_conditional", ["feature_conditional", "pggan"],
+                  "G structure: ours (D-F) or the PO-GAN baseline (A-C).")
+flags.DEFINE_integer("latent_dim", 128, "Size of the random variable v.")
+flags.DEFINE_integer("start_resolution", 8, "Resolution of the first block.")
+flags.DEFINE_integer("num_blocks", 3, "Progressive blocks (3 for 32x32 digits).")
+flags.DEFINE_list("g_channels", ["128", "64", "32"], "G feature maps per block.")
+flags.DEFINE_list("d_channels", ["128", "64", "32"], "D feature maps per block.")
+flags.DEFINE_integer("mapping_layers", 8, "Fully connected layers of the feature branch.")
+flags.DEFINE_integer("mapping_dim", 256, "Width of the feature branch.")
+flags.DEFINE_float("mapping_lr_mul", 0.01, "Learning-rate multiplier of the feature branch.")
+flags.DEFINE_list("stable_images", ["20000", "20000", "40000"], "Images per stable phase.")
+flags.DEFINE_list("fade_images", ["0", "10000", "10000"], "Images per fade-in phase.")
+flags.DEFINE_integer("base_batch_size", 128, "Batch at --base_batch_resolution (paper: 128 "
+                     "at 4x4, halved per doubling).")
+flags.DEFINE_list("batch_sizes", [], "Per-stage batch sizes (overrides the rule).")
+flags.DEFINE_float("learning_rate", 0.0015, "Adam learning rate of G and D.")
+flags.DEFINE_float("alpha_b", 0.001, "alpha of the exponential weighting.")
+flags.DEFINE_float("beta_adv", 1.0, "beta of the exponential weighting.")
+flags.DEFINE_float("tap_weight", 1.0, "lambda_j of Eq. 7.")
+flags.DEFINE_float("embedding_weight", 10.0, "lambda_a of Eq. 7.")
+flags.DEFINE_float("biject_margin", -1.0, "m of Eq. 5 (< 0: from data).")
+flags.DEFINE_bool("use_biject", True, "L_biject in Eq. 8.")
+flags.DEFINE_bool("use_distill", True, "L_distill in Eq. 8.")
+flags.DEFINE_bool("use_adv", True, "L_adv in Eq. 8.")
+flags.DEFINE_bool("use_recon", True, "L_recon in Eq. 8.")
+flags.DEFINE_float("ema_kimg", 10.0, "Half-life of G's EMA in thousands of images.")
+flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalars.")
+flags.DEFINE_integer("image_every", 500, "Steps between TensorBoard image grids.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the GAN step.")
+
+
+def _ints(values):
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise app.UsageError(f"expected integers, got {values}") from None
+
+
+def build_config():
+    from dibigan_tf.config import FlowConfig, MatcherConfig, RunConfig, StudentConfig
+    from dibigan_tf.training.gan import GanConfig
+    n = FLAGS.num_blocks
+    for name in ("g_channels", "d_channels", "stable_images", "fade_images"):
+        if len(getattr(FLAGS, name)) != n:
+            raise app.UsageError(f"--{name} needs {n} values (one per block), got "
+                                 f"{getattr(FLAGS, name)}")
+    if FLAGS.batch_sizes and len(FLAGS.batch_sizes) != n:
+        raise app.UsageError(f"--batch_sizes needs {n} values, got {FLAGS.batch_sizes}")
+    gan = GanConfig(
+        generator=FLAGS.generator, latent_dim=FLAGS.latent_dim,
+        start_resolution=FLAGS.start_resolution, num_blocks=n,
+        g_channels=_ints(FLAGS.g_channels), d_channels=_ints(FLAGS.d_channels),
+        mapping_layers=FLAGS.mapping_layers, mapping_dim=FLAGS.mapping_dim,
+        mapping_lr_mul=FLAGS.mapping_lr_mul, stable_images=_ints(FLAGS.stable_images),
+        fade_images=_ints(FLAGS.fade_images), base_batch_size=FLAGS.base_batch_size,
+        batch_sizes=_ints(FLAGS.batch_sizes) or None, learning_rate=FLAGS.learning_rate,
+        alpha_b=FLAGS.alpha_b, beta_adv=FLAGS.beta_adv, tap_weight=FLAGS.tap_weight,
+        embedding_weight=FLAGS.embedding_weight, biject_margin=FLAGS.biject_margin,
+        use_biject=FLAGS.use_biject, use_distill=FLAGS.use_distill, use_adv=FLAGS.use_adv,
+        use_recon=FLAGS.use_recon, ema_kimg=FLAGS.ema_kimg, seed=FLAGS.seed + 3,
+        log_every=FLAGS.log_every, image_every=FLAGS.image_every,
+        jit_compile=FLAGS.jit_compile)
+    return RunConfig(
+        run_name=FLAGS.run_name, checkpoint_dir=FLAGS.checkpoint_dir, dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir, mode=FLAGS.mode, strategy=FLAGS.strategy,
+        num_gpus=FLAGS.num_gpus, seed=FLAGS.seed, holdout_per_class=FLAGS.holdout_per_class,
+        eval_positive_pairs=FLAGS.eval_positive_pairs,
+        eval_negative_pairs=FLAGS.eval_negative_pairs,
+        checkpoint_every_seconds=FLAGS.checkpoint_every_seconds,
+        checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+        stop_after_steps=FLAGS.stop_after_steps,
+        matcher=MatcherConfig(name=FLAGS.matcher, feature_dim=FLAGS.matcher_feature_dim,
+                              epochs=FLAGS.matcher_epochs),
+        student=StudentConfig(depth=FLAGS.student_depth, width=FLAGS.student_width,
+                              epochs=FLAGS.student_epochs, batch_size=FLAGS.student_batch_size),
+        flow=FlowConfig(num_steps=FLAGS.flow_steps, hidden_channels=FLAGS.flow_hidden_channels,
+                        num_res_blocks=FLAGS.flow_res_blocks, mixing=FLAGS.flow_mixing,
+                        covariance=FLAGS.flow_covariance, epochs=FLAGS.flow_epochs,
+                        batch_size=FLAGS.flow_batch_size,
+                        learning_rate=FLAGS.flow_learning_rate),
+        gan=gan)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import tensorflow as tf
+    if FLAGS.cpu_replicas:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.cpu_replicas)
+    cfg = build_config()
+    from dibigan_tf.data.digits import DataError
+    from dibigan_tf.matchers.base import MatcherError
+    from dibigan_tf.training.common import TrainingError
+    from dibigan_tf.training.pipeline import run_blackbox
+    try:
+        metrics = run_blackbox(cfg)
+    except (DataError, MatcherError, TrainingError) as error:
+        logging.error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    keys = ("real_verification_accuracy", "recon_verification_accuracy",
+            "recon_class_agreement", "feature_cosine_mean", "flow_bits_per_dim",
+            "blackbox_queries", "seconds_total")
+    print("\n".join(f"{k}: {metrics[k]:.4f}" if isinstance(metrics[k], float)
+                    else f"{k}: {metrics[k]}" for k in keys if k in metrics))
+    print(f"report: {os.path.join(cfg.checkpoint_dir, cfg.run_name, 'report', 'report.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
