@@ -21,7 +21,7 @@ setup(
         "mlxtend",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "scipy"],
         # dlib's ResNet face matcher, detector and 5-point landmarks (a real blackbox F).
         "faces": ["dlib-bin", "face_recognition_models"],
         # ONNX embedding models (insightface ArcFace and others).

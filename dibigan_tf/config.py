@@ -48,6 +48,7 @@ class RunConfig:
     num_gpus: int = 0
     seed: int = 0
     holdout_per_class: int = 100
+    max_train_images: int = 0
     eval_positive_pairs: int = 3000
     eval_negative_pairs: int = 3000
     checkpoint_every_seconds: float = 120.0

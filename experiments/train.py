@@ -29,6 +29,8 @@ flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical de
                      "and CPU runs of --strategy=mirrored).")
 flags.DEFINE_integer("seed", 0, "Seed of the split, pairs and every stage.")
 flags.DEFINE_integer("holdout_per_class", 100, "Held-out digits per class (never trained on).")
+flags.DEFINE_integer("max_train_images", 0, "Use only this many training images (0: all); for "
+                     "quick runs and tests.")
 flags.DEFINE_integer("eval_positive_pairs", 3000, "Positive verification pairs.")
 flags.DEFINE_integer("eval_negative_pairs", 3000, "Negative verification pairs.")
 flags.DEFINE_float("checkpoint_every_seconds", 120.0, "Checkpoint period (seconds).")
@@ -40,8 +42,8 @@ flags.DEFINE_integer("matcher_feature_dim", 1024, "LeNet feature size (1x1024 in
 flags.DEFINE_integer("matcher_epochs", 8, "LeNet training epochs.")
 # student
 flags.DEFINE_string("student_depth", "small", "ResNet depth of F^S: small, 18, 34, 50, 101.")
-flags.DEFINE_integer("student_width", 32, "Channels of F^S's first stage (64: standard).")
-flags.DEFINE_integer("student_epochs", 12, "F^S distillation epochs.")
+flags.DEFINE_integer("student_width", 16, "Channels of F^S's first stage (64: standard).")
+flags.DEFINE_integer("student_epochs", 10, "F^S distillation epochs.")
 flags.DEFINE_integer("student_batch_size", 64, "F^S batch size.")
 # flow
 flags.DEFINE_integer("flow_steps", 5, "Sub-mappings of H (5 in the paper).")
@@ -62,7 +64,7 @@ flags.DEFINE_list("g_channels", ["128", "64", "32"], "G feature maps per block."
 flags.DEFINE_list("d_channels", ["128", "64", "32"], "D feature maps per block.")
 flags.DEFINE_integer("mapping_layers", 8, "Fully connected layers of the feature branch.")
 flags.DEFINE_integer("mapping_dim", 256, "Width of the feature branch.")
-flags.DEFINE_float("mapping_lr_mul", 0.01, "Learning-rate multiplier of the feature branch.")
+flags.DEFINE_float("mapping_lr_mul", 1.0, "Learning-rate multiplier of the feature branch.")
 flags.DEFINE_list("stable_images", ["20000", "20000", "40000"], "Images per stable phase.")
 flags.DEFINE_list("fade_images", ["0", "10000", "10000"], "Images per fade-in phase.")
 flags.DEFINE_integer("base_batch_size", 128, "Batch at --base_batch_resolution (paper: 128 "
@@ -119,6 +121,7 @@ def build_config():
         run_name=FLAGS.run_name, checkpoint_dir=FLAGS.checkpoint_dir, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, mode=FLAGS.mode, strategy=FLAGS.strategy,
         num_gpus=FLAGS.num_gpus, seed=FLAGS.seed, holdout_per_class=FLAGS.holdout_per_class,
+        max_train_images=FLAGS.max_train_images,
         eval_positive_pairs=FLAGS.eval_positive_pairs,
         eval_negative_pairs=FLAGS.eval_negative_pairs,
         checkpoint_every_seconds=FLAGS.checkpoint_every_seconds,
@@ -147,10 +150,13 @@ def main(argv):
     cfg = build_config()
     from dibigan_tf.data.digits import DataError
     from dibigan_tf.matchers.base import MatcherError
-    from dibigan_tf.training.common import TrainingError
+    from dibigan_tf.training.common import StopRequested, TrainingError
     from dibigan_tf.training.pipeline import run_blackbox
     try:
         metrics = run_blackbox(cfg)
+    except StopRequested as stop:
+        print(f"stopped: {stop}")
+        return 3
     except (DataError, MatcherError, TrainingError) as error:
         logging.error("%s", error)
         print(f"error: {error}", file=sys.stderr)

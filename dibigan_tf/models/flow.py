@@ -682,6 +682,26 @@ class ClassConditionalGaussianPrior(tf.Module):
                 self.log_diag = tf.Variable(tf.zeros([k, d], dtype), name="log_diag")
                 self.tril = tf.Variable(tf.zeros([k, d, d], dtype), name="tril")
 
+    def initialize_from(self, z, labels, min_scale=1e-3):
+        """Data-dependent initialisation (eager, cross-replica context): every class mean is the
+        mean of its latents in ``z`` (classes absent from the batch take the overall mean) and
+        every scale the pooled per-dimension standard deviation. Starting the priors where H's
+        initial latents are cuts the early NLL by orders of magnitude compared with random means.
+        """
+        zf = self._flatten_latent(z).numpy().astype(np.float64)
+        labels = np.asarray(labels).astype(np.int64)
+        overall = zf.mean(axis=0)
+        means = np.tile(overall, (self.num_classes, 1))
+        for k in np.unique(labels):
+            means[k] = zf[labels == k].mean(axis=0)
+        std = np.maximum(np.sqrt(np.mean((zf - means[labels]) ** 2, axis=0)), min_scale)
+        self.means.assign(tf.constant(means, self.dtype))
+        log_std = np.tile(np.log(std), (self.num_classes, 1))
+        if self.covariance == "diag":
+            self.log_scales.assign(tf.constant(log_std, self.dtype))
+        else:
+            self.log_diag.assign(tf.constant(log_std, self.dtype))
+
     # -- helpers ------------------------------------------------------------------------------
     def _flatten_latent(self, z):
         z = tf.cast(tf.convert_to_tensor(z), self.dtype)
@@ -810,6 +830,7 @@ def to_pixels(x):
     return tf.cast(tf.clip_by_value(tf.floor((x + 0.5) * 256.0), 0.0, 255.0), tf.uint8)
 
 
+@tf.autograph.experimental.do_not_convert
 def nll_loss(flow: Flow, prior: ClassConditionalGaussianPrior, x, labels=None):
     """Per-example negative log-likelihood (nats) of the continuous x in [-0.5, 0.5]:
     -[log N(H(x); mu_k, Sigma_k) + log|det dH/dx|] with k = labels; if ``labels`` is None the

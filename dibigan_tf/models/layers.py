@@ -38,6 +38,9 @@ _SQRT2 = math.sqrt(2.0)
 
 def leaky_relu(x, slope: float = LRELU_SLOPE):
     """Leaky ReLU with PGGAN's default slope 0.2."""
+    # tf.nn.leaky_relu lets grappler fuse conv + bias + LeakyRelu (oneDNN): a G+D step at 32x32
+    # runs ~20% faster than with max(x, slope x) (634-712 vs 800-869 ms, batch 64). Grappler's
+    # remapper logs "remapper failed ... LeakyReluGrad" once per trace; the graph still runs.
     return tf.nn.leaky_relu(x, alpha=slope)
 
 

@@ -11,12 +11,17 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from dibigan_tf.keras_compat import keras
 
 
 class TrainingError(RuntimeError):
     """A training cannot go on (non-finite loss, bad configuration...)."""
+
+
+class StopRequested(Exception):
+    """The run was asked to stop early (--stop_after_steps); its last step is checkpointed."""
 
 
 # --------------------------------------------------------------------------- strategy
@@ -175,6 +180,11 @@ class Stage:
             return False
         self.checkpoint.restore(path).expect_partial()
         self._clock = time.time()
+        if self.is_done():
+            logging.info("%s: loaded the finished stage (%s)", self.name, path)
+        else:
+            logging.info("%s: resuming at step %d (%d images seen) from %s", self.name,
+                         int(self.step.numpy()), int(self.images_seen.numpy()), path)
         return True
 
     def tick(self):

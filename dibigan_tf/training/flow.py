@@ -44,9 +44,14 @@ def train_flow(run_dir, strategy, images, labels, num_classes, *, num_steps=5,
     stage.restore()
     if stage.is_done():
         return flow, prior
-    # ActNorm's data-dependent initialisation (a no-op after a restore), cross-replica context.
-    first = np.random.default_rng(seed).choice(len(images), min(512, len(images)), replace=False)
-    flow.initialize(dequantize(tf.constant(images[first]), seed=seed))
+    if int(stage.step.numpy()) == 0:
+        # Data-dependent initialisation, cross-replica context: ActNorm, then the class priors
+        # where the initial latents of each class lie.
+        first = np.random.default_rng(seed).choice(len(images), min(512, len(images)),
+                                                   replace=False)
+        x0 = dequantize(tf.constant(images[first]), seed=seed)
+        flow.initialize(x0)
+        prior.initialize_from(flow.forward(x0)[0], labels[first])
     num_dims = int(np.prod(images.shape[1:]))
     global_batch = batch_size
 

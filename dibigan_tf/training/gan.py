@@ -34,7 +34,9 @@ class GanConfig:
     d_channels: Sequence[int] = (128, 64, 32)
     mapping_layers: int = 8
     mapping_dim: int = 256
-    mapping_lr_mul: float = 0.01
+    # StyleGAN slows its mapping by 0.01 because its input is noise; here the branch carries the
+    # identity and must learn at G's pace (the paper gives no multiplier).
+    mapping_lr_mul: float = 1.0
     stable_images: Sequence[int] = (20000, 20000, 40000)
     fade_images: Sequence[int] = (0, 10000, 10000)
     base_batch_size: int = 128
@@ -140,6 +142,14 @@ class GanTrainer:
         if cfg.use_biject and flow is None:
             raise ValueError("use_biject needs the bijection H")
         self.student, self.flow = student, flow
+        # Matcher features are standardised per dimension (training-set statistics) before G:
+        # ReLU features such as LeNet's all lie in one orthant, which leaves the AdaIN branch
+        # little contrast to start from. The statistics are checkpointed with G.
+        mean = self.features.mean(axis=0)
+        std = self.features.std(axis=0) + 1e-6
+        with strategy.scope():
+            self.feature_mean = tf.Variable(mean, trainable=False, name="feature_mean")
+            self.feature_std = tf.Variable(std, trainable=False, name="feature_std")
         with strategy.scope():
             self.generator, self.ema, self.discriminator = build_networks(
                 cfg, features.shape[1], images.shape[-1])
@@ -150,7 +160,8 @@ class GanTrainer:
         self.stage = Stage(run_dir, name, strategy, {
             "generator": self.generator, "generator_ema": self.ema,
             "discriminator": self.discriminator, "g_optimizer": self.g_opt,
-            "d_optimizer": self.d_opt})
+            "d_optimizer": self.d_opt, "feature_mean": self.feature_mean,
+            "feature_std": self.feature_std})
         self.margin = cfg.biject_margin
         if cfg.use_biject and self.margin < 0:
             self.margin = biject_margin_from_data(flow, uint8_to_unit(images).numpy(),
@@ -172,7 +183,7 @@ class GanTrainer:
 
         def replica_step(data, alpha, weights):
             real_full = uint8_to_unit(data["images"])
-            f, labels = data["features"], data["labels"]
+            f, labels = self.condition(data["features"]), data["labels"]
             n = tf.shape(real_full)[0]
             real = average_pool(real_full, res)
             if fade:
@@ -240,6 +251,10 @@ class GanTrainer:
         return distributed_step(self.strategy, replica_step, jit_compile=cfg.jit_compile,
                                 post_fn=ema_update)
 
+    def condition(self, features):
+        """Raw matcher features -> G's conditioning input (standardised)."""
+        return (features - self.feature_mean) / self.feature_std
+
     def step_args(self, seen):
         alpha = self.schedule.alpha(seen)
         w = exponential_weights(self.schedule.scale(seen), self.cfg.num_blocks - 1,
@@ -250,7 +265,8 @@ class GanTrainer:
     # ------------------------------------------------------------------ previews
     def preview(self, stage, alpha=1.0):
         """EMA generator's images for 16 fixed training features, with their real images."""
-        fake = self.ema(tf.constant(self.preview_v), tf.constant(self.features[self.preview_idx]),
+        fake = self.ema(tf.constant(self.preview_v),
+                        self.condition(tf.constant(self.features[self.preview_idx])),
                         stage=stage, alpha=tf.constant(alpha, tf.float32), training=False)
         fake = resize_nearest(fake, self.full_resolution).numpy()
         real = self.images[self.preview_idx]
@@ -294,7 +310,8 @@ class GanTrainer:
         """uint8 reconstructions G_ema(v, f) at full resolution, v ~ N(0, I) with a fixed seed."""
         rng = np.random.default_rng(seed)
         last = self.cfg.num_blocks - 1
-        fn = tf.function(lambda v, f: self.ema(v, f, stage=last, alpha=1.0, training=False))
+        fn = tf.function(lambda v, f: self.ema(v, self.condition(f), stage=last, alpha=1.0,
+                                               training=False))
         out = []
         for i in range(0, len(features), batch_size):
             f = features[i:i + batch_size].astype(np.float32)

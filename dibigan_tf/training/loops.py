@@ -8,7 +8,8 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from dibigan_tf.training.common import (Progress, Stage, array_dataset, check_finite)
+from dibigan_tf.training.common import (Progress, Stage, StopRequested, array_dataset,
+                                        check_finite)
 
 
 def distributed_step(strategy, replica_fn: Callable, name: str = "train_step",
@@ -78,5 +79,6 @@ def run_phase(stage: Stage, step_fn, arrays: dict, batch_size: int, end_images: 
             last_save_step, last_save_time = step, time.time()
         if stop_after_steps and steps_here >= stop_after_steps:
             stage.save()
-            raise SystemExit(f"stopped after {steps_here} steps (--stop_after_steps)")
+            raise StopRequested(f"{stage.name} stopped at step {step} after {steps_here} steps "
+                                f"(--stop_after_steps); run the same command to resume")
     progress.update(int(stage.images_seen.numpy()), force=True)

@@ -40,6 +40,9 @@ def load_dataset(cfg: RunConfig, run_dir: str):
         raise TrainingError(f"dataset {cfg.dataset!r} is not available yet (digits)")
     data = load_embedded_digits()
     train_idx, held_idx = balanced_holdout_split(data.labels, cfg.holdout_per_class, cfg.seed)
+    if cfg.max_train_images:
+        keep = np.random.default_rng(cfg.seed).permutation(len(train_idx))[:cfg.max_train_images]
+        train_idx = np.sort(train_idx[keep])
     split_path = os.path.join(run_dir, "split.json")
     split = {"train": train_idx.tolist(), "heldout": held_idx.tolist()}
     if os.path.exists(split_path):

@@ -1,0 +1,63 @@
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dibigan_tf.evaluation.report import (REQUIRED_KEYS, evaluate_reconstructions,
+                                          reconstruction_figure, write_report)
+
+
+def _clustered(labels, dim=8, noise=0.1, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = np.eye(dim)[: labels.max() + 1] * 3.0
+    return (centres[labels] + noise * rng.standard_normal((len(labels), dim))).astype(np.float32)
+
+
+def test_evaluate_reconstructions_perfect_vs_wrong_class():
+    labels = np.repeat(np.arange(4), 25)
+    real = _clustered(labels, seed=0)
+    train_labels = np.repeat(np.arange(4), 10)
+    train = _clustered(train_labels, seed=1)
+    perfect = evaluate_reconstructions(real, real.copy(), labels, train, train_labels,
+                                       num_positive=300, num_negative=300, seed=0)
+    assert perfect["recon_verification_accuracy"] == perfect["real_verification_accuracy"]
+    assert perfect["recon_class_agreement"] == 1.0
+    assert perfect["feature_cosine_mean"] == pytest.approx(1.0)
+    # reconstructions that land in the next class: agreement 0, cosine ~0, accuracy ~ 0.5
+    wrong = evaluate_reconstructions(real, real[(np.arange(100) + 25) % 100], labels, train,
+                                     train_labels, num_positive=300, num_negative=300, seed=0)
+    assert wrong["recon_class_agreement"] == 0.0
+    assert wrong["feature_cosine_mean"] < 0.1
+    assert wrong["recon_verification_accuracy"] < 0.6
+    assert wrong["num_pairs_positive"] == 300 and wrong["num_pairs_negative"] == 300
+
+
+def test_reconstruction_figure_rows_per_class():
+    labels = np.repeat(np.arange(3), 9)
+    inputs = np.zeros((27, 4, 4, 1), np.uint8)
+    recons = np.full((27, 4, 4, 1), 200, np.uint8)
+    fig = reconstruction_figure(inputs, recons, labels, per_class=8, scale=1)
+    assert fig.shape == (3 * 4, 16 * 4, 1)
+    # columns alternate input (0) | reconstruction (200)
+    assert fig[0, 0, 0] == 0 and fig[0, 4, 0] == 200
+
+
+def test_write_report_contents(tmp_path):
+    metrics = {"real_verification_accuracy": 0.98, "recon_verification_accuracy": 0.96,
+               "recon_class_agreement": 0.97, "feature_cosine_mean": 0.9,
+               "blackbox_queries": 6000, "seconds": {"matcher": 10.0, "gan": 300.0},
+               "num_pairs_positive": 3000, "num_pairs_negative": 3000}
+    fig = np.zeros((8, 16, 1), np.uint8)
+    write_report(str(tmp_path), metrics, fig, title="t")
+    with open(tmp_path / "metrics.json") as handle:
+        assert json.load(handle) == metrics
+    assert Image.open(tmp_path / "reconstructions.png").size == (16, 8)
+    text = (tmp_path / "report.md").read_text()
+    assert "2.00 points" in text and "| gan | 300.0 |" in text
+    assert "reconstructions.png" in text and "`recon_class_agreement` | 0.9700" in text
+    bad = {k: v for k, v in metrics.items() if k != "blackbox_queries"}
+    with pytest.raises(ValueError, match="blackbox_queries"):
+        write_report(str(tmp_path / "x"), bad, fig, title="t")
+    assert set(REQUIRED_KEYS) <= set(metrics)

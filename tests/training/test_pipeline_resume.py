@@ -1,0 +1,88 @@
+"""End to end: the whole blackbox pipeline on a small slice of the digits, killed with SIGKILL in
+the middle of the GAN stage and resumed by running the same command again."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = [
+    "--max_train_images=400", "--holdout_per_class=20", "--matcher_epochs=2",
+    "--matcher_feature_dim=64", "--student_width=8", "--student_epochs=1",
+    "--flow_steps=2", "--flow_hidden_channels=8", "--flow_res_blocks=1", "--flow_epochs=1",
+    "--start_resolution=16", "--num_blocks=2", "--g_channels=8,8", "--d_channels=8,8",
+    "--mapping_layers=2", "--mapping_dim=32", "--latent_dim=16",
+    "--stable_images=64,1024", "--fade_images=0,64", "--batch_sizes=16,16",
+    "--eval_positive_pairs=300", "--eval_negative_pairs=300",
+    "--checkpoint_every_steps=1", "--log_every=1", "--image_every=20",
+]
+
+
+def _command(tmp_path):
+    return [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
+            f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'digits_blackbox.flags')}",
+            f"--checkpoint_dir={tmp_path}", "--run_name=tiny"] + TINY
+
+
+def _latest_step(ckpt_dir):
+    path = os.path.join(ckpt_dir, "checkpoint")
+    if not os.path.exists(path):
+        return -1
+    with open(path) as handle:
+        match = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', handle.read())
+    return int(match.group(1)) if match else -1
+
+
+def test_sigkill_in_gan_stage_resumes_from_last_checkpoint(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    run_dir = tmp_path / "tiny"
+    log1 = open(tmp_path / "run1.log", "w")
+    proc = subprocess.Popen(_command(tmp_path), stdout=log1, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 600
+    killed_at = -1
+    while time.time() < deadline and proc.poll() is None:
+        step = _latest_step(str(run_dir / "gan" / "ckpt"))
+        if step >= 10:
+            proc.send_signal(signal.SIGKILL)
+            killed_at = step
+            break
+        time.sleep(0.05)
+    proc.wait()
+    log1.close()
+    assert killed_at >= 10, open(tmp_path / "run1.log").read()[-3000:]
+    assert not (run_dir / "gan" / "done.json").exists()
+    before = {s: os.path.getmtime(run_dir / s / "done.json") for s in ("matcher", "student", "flow")}
+    last_saved = _latest_step(str(run_dir / "gan" / "ckpt"))
+
+    second = subprocess.run(_command(tmp_path), capture_output=True, text=True, env=env,
+                            timeout=600)
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output[-3000:]
+    # the step counter continues from the checkpoint instead of restarting
+    match = re.search(r"gan: resuming at step (\d+)", output)
+    assert match, output[-3000:]
+    assert int(match.group(1)) == last_saved >= killed_at
+    with open(run_dir / "gan" / "done.json") as handle:
+        done = json.load(handle)
+    assert done["step"] == 64 // 16 + 64 // 16 + 1024 // 16   # as an uninterrupted run
+    assert done["images_seen"] == 64 + 64 + 1024
+    # finished stages were loaded, not trained again
+    after = {s: os.path.getmtime(run_dir / s / "done.json") for s in before}
+    assert after == before
+
+    with open(run_dir / "report" / "metrics.json") as handle:
+        metrics = json.load(handle)
+    for key in ("real_verification_accuracy", "recon_verification_accuracy",
+                "recon_class_agreement", "feature_cosine_mean", "blackbox_queries", "seconds",
+                "flow_bits_per_dim"):
+        assert key in metrics
+    # every image queried once, ever: 400 training + 200 held-out, then 200 reconstructions
+    assert metrics["blackbox_queries"] == 400 + 200 + 200
+    assert set(metrics["seconds"]) >= {"matcher", "student", "flow", "gan", "evaluate"}
+    assert (run_dir / "report" / "reconstructions.png").exists()
+    assert "recon_verification_accuracy" in (run_dir / "report" / "report.md").read_text()
