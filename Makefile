@@ -8,12 +8,13 @@ TRAIN_ARGS := $(if $(DATA_DIR),--data_dir=$(DATA_DIR)) $(if $(MATCHER),--matcher
               $(if $(RUN),--run_name=$(RUN)) $(ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: help venv train-blackbox test test-all tensorboard clean-venv
+.PHONY: help venv train-blackbox test test-all bench tensorboard clean-venv
 
 help:
 	@echo "make train-blackbox   train DiBiGAN in blackbox mode (default: embedded MNIST digits)"
 	@echo "make test             run the test suite (the fast tests: what CI runs)"
 	@echo "make test-all         run every test, including those marked slow"
+	@echo "make bench            step throughput of H, F^S and G+D (table + checkpoints/bench.json)"
 	@echo "make tensorboard      TensorBoard on checkpoints/"
 	@echo "variables: FLAGFILE=$(FLAGFILE) DATA_DIR= MATCHER= RUN= ARGS='--flag=value ...'"
 
@@ -33,6 +34,9 @@ test: venv
 
 test-all: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+bench: venv
+	$(PY) experiments/bench.py --out=checkpoints/bench.json $(ARGS)
 
 tensorboard: venv
 	$(VENV)/bin/tensorboard --logdir checkpoints

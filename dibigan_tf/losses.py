@@ -60,9 +60,9 @@ def latent_gaussian_stats(z, mode="spatial", eps=1e-6):
     samples they are taken. We read a latent z = H(x) of one image, shaped [h, w, c] by the flow's
     squeezes, as h*w samples of a c-dimensional variable (mode "spatial"): each image then has its
     own Gaussian N(mu, Sigma) with mu, Sigma over the c channels, Eq. 4 compares two images, and
-    Eq. 5 can compare two reconstructions, which is what L_biject (Eq. 8) needs. The other reading,
-    mode "batch" (statistics over the images of a batch that share an identity), is in
-    `identity_gaussian_stats`.
+    Eq. 5 can compare two reconstructions, which is what L_biject (Eq. 8) needs. (The other
+    reading, statistics over the images of a batch that share an identity, would compare
+    identities rather than images; it is not implemented.)
 
     z: [batch, h, w, c]. Returns (mu [batch, c], sigma [batch, c]).
     """
@@ -152,8 +152,13 @@ def biject_loss(fake_z, real_z, labels, margin):
 # --------------------------------------------------------------------------- Eq. 8-9
 
 def reconstruction_l1(fake, real):
-    """L_recon of Eq. 8: ||G(F(x)) - x||_1 per example (a sum over pixels, as written)."""
-    return tf.reduce_sum(tf.abs(tf.reshape(fake - real, [tf.shape(fake)[0], -1])), axis=-1)
+    """L_recon of Eq. 8: ||G(F(x)) - x||_1 per example, as the mean absolute error per pixel.
+
+    Read literally, ||.||_1 is a sum over all pixels (~10^2-10^3 at 32x32), which would swamp
+    every other term; section 4 sets the weights "to maintain the balanced values between loss
+    terms", and Eq. 7 normalises its own norms by W*H*C, so L_recon is normalised the same way.
+    """
+    return tf.reduce_mean(tf.abs(tf.reshape(fake - real, [tf.shape(fake)[0], -1])), axis=-1)
 
 
 def generator_adversarial(fake_scores):

@@ -76,6 +76,8 @@ flags.DEFINE_float("beta_adv", 1.0, "beta of the exponential weighting.")
 flags.DEFINE_float("tap_weight", 1.0, "lambda_j of Eq. 7.")
 flags.DEFINE_float("embedding_weight", 10.0, "lambda_a of Eq. 7.")
 flags.DEFINE_float("biject_margin", -1.0, "m of Eq. 5 (< 0: from data).")
+flags.DEFINE_float("recon_weight", 1.0, "Constant factor on lambda_r (L_recon is a per-pixel "
+                   "mean absolute error).")
 flags.DEFINE_bool("use_biject", True, "L_biject in Eq. 8.")
 flags.DEFINE_bool("use_distill", True, "L_distill in Eq. 8.")
 flags.DEFINE_bool("use_adv", True, "L_adv in Eq. 8.")
@@ -113,6 +115,7 @@ def build_config():
         batch_sizes=_ints(FLAGS.batch_sizes) or None, learning_rate=FLAGS.learning_rate,
         alpha_b=FLAGS.alpha_b, beta_adv=FLAGS.beta_adv, tap_weight=FLAGS.tap_weight,
         embedding_weight=FLAGS.embedding_weight, biject_margin=FLAGS.biject_margin,
+        recon_weight=FLAGS.recon_weight,
         use_biject=FLAGS.use_biject, use_distill=FLAGS.use_distill, use_adv=FLAGS.use_adv,
         use_recon=FLAGS.use_recon, ema_kimg=FLAGS.ema_kimg, seed=FLAGS.seed + 3,
         log_every=FLAGS.log_every, image_every=FLAGS.image_every,

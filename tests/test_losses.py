@@ -144,4 +144,5 @@ def test_critic_recon_and_adversarial_terms():
     np.testing.assert_allclose(losses.generator_adversarial(fake).numpy(), [-0.5, 1.0])
     a = tf.constant([[[[1.0]], [[-1.0]]]])
     b = tf.constant([[[[0.0]], [[1.0]]]])
-    np.testing.assert_allclose(losses.reconstruction_l1(a, b).numpy(), [3.0])
+    # |1 - 0| + |-1 - 1| = 3 over 2 pixels
+    np.testing.assert_allclose(losses.reconstruction_l1(a, b).numpy(), [1.5])

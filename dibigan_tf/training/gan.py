@@ -51,6 +51,7 @@ class GanConfig:
     beta_adv: float = 1.0         # beta of section 3.4 (lambda_adv = beta e^R)
     tap_weight: float = 1.0       # lambda_j
     embedding_weight: float = 10.0  # lambda_a
+    recon_weight: float = 1.0     # a constant on lambda_r (L_recon is a per-pixel mean, see losses)
     biject_margin: float = -1.0   # m of Eq. 5; < 0: the median inter-identity distance of reals
     use_biject: bool = True
     use_distill: bool = True
@@ -217,7 +218,7 @@ class GanTrainer:
                     out["adv"] = tf.reduce_sum(adv) / batch
                 if cfg.use_recon:
                     recon = losses.reconstruction_l1(fake, real)
-                    total += weights[3] * recon
+                    total += cfg.recon_weight * weights[3] * recon
                     out["recon_l1"] = tf.reduce_sum(recon) / batch
                 if cfg.use_distill or cfg.use_biject:
                     fake_up = resize_nearest(fake, full)

@@ -1,0 +1,162 @@
+"""Throughput of one training step of each trainable, as a table and a JSON file.
+
+    python experiments/bench.py [--only=flow,gan,student] [--steps=10] [--out=bench.json]
+
+Each row: images per second after a warm-up (the first call traces the tf.function), with the
+batch size and resolution stated. Run on an otherwise idle machine.
+"""
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dibigan_tf import keras_compat  # noqa: E402,F401
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("only", ["flow", "student", "gan"], "Which benchmarks to run.")
+flags.DEFINE_integer("steps", 10, "Timed steps per row (after one warm-up step).")
+flags.DEFINE_string("out", "checkpoints/bench.json", "JSON output path.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the GAN step.")
+
+
+def _time(fn, steps):
+    fn()  # trace + warm-up
+    fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def bench_flow(steps):
+    import numpy as np
+    import tensorflow as tf
+    from dibigan_tf.models.flow import dequantize, nll_loss
+    from dibigan_tf.training.common import build_optimizer, make_strategy
+    from dibigan_tf.training.flow import make_flow
+    rows = []
+    strategy = make_strategy("default")
+    for shape in [(32, 32, 1), (64, 64, 3)]:
+        batch = 64
+        flow, prior = make_flow(strategy, shape, 10)
+        variables = flow.trainable_variables + prior.trainable_variables
+        opt = build_optimizer(strategy, variables, 1e-3)
+        images = tf.constant(np.random.default_rng(0).integers(0, 256, (batch,) + shape),
+                             tf.uint8)
+        labels = tf.constant(np.arange(batch) % 10, tf.int64)
+
+        @tf.function
+        def step():
+            x = dequantize(images)
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(nll_loss(flow, prior, x, labels))
+            opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+
+        dt = _time(lambda: float(step()), steps)
+        rows.append({"name": "H (flow) train step", "resolution": f"{shape[0]}x{shape[1]}x{shape[2]}",
+                     "batch": batch, "seconds_per_step": dt, "images_per_second": batch / dt,
+                     "params": flow.count_params()})
+    return rows
+
+
+def bench_student(steps):
+    import numpy as np
+    import tensorflow as tf
+    from dibigan_tf import losses
+    from dibigan_tf.training.common import build_optimizer, make_strategy
+    from dibigan_tf.training.student import make_student
+    rows = []
+    strategy = make_strategy("default")
+    for shape, depth, width, batch in [((32, 32, 1), "small", 16, 64),
+                                       ((64, 64, 3), "18", 32, 64)]:
+        model = make_student(strategy, shape, 128, depth, width)
+        opt = build_optimizer(strategy, model.trainable_variables, 1e-3)
+        x = tf.random.uniform((batch,) + shape, -1, 1)
+        t = tf.random.normal([batch, 128])
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(losses.cosine_distill_loss(t, model(x, training=True)[-1]))
+            opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                    model.trainable_variables))
+            return loss
+
+        dt = _time(lambda: float(step()), steps)
+        rows.append({"name": f"F^S train step (resnet-{depth}, width {width})",
+                     "resolution": f"{shape[0]}x{shape[1]}x{shape[2]}", "batch": batch,
+                     "seconds_per_step": dt, "images_per_second": batch / dt,
+                     "params": model.count_params()})
+    return rows
+
+
+def bench_gan(steps, jit_compile):
+    import numpy as np
+    import tensorflow as tf
+    from dibigan_tf.training.common import make_strategy
+    from dibigan_tf.training.flow import make_flow
+    from dibigan_tf.training.gan import GanConfig, GanTrainer
+    from dibigan_tf.training.student import make_student
+    rows = []
+    strategy = make_strategy("default")
+    configs = [
+        ("digits (F)", (32, 32, 1), 1024, GanConfig(
+            g_channels=(64, 32, 16), d_channels=(64, 32, 16), batch_sizes=(64, 64, 64),
+            biject_margin=1.0, jit_compile=jit_compile), ("small", 16)),
+        ("faces 64x64 (F)", (64, 64, 3), 128, GanConfig(
+            start_resolution=4, num_blocks=5, g_channels=(256, 256, 128, 64, 32),
+            d_channels=(256, 256, 128, 64, 32), stable_images=(1,) * 5, fade_images=(0,) + (1,) * 4,
+            batch_sizes=(64, 64, 32, 32, 16), biject_margin=1.0, jit_compile=jit_compile),
+         ("18", 32)),
+    ]
+    for label, shape, fdim, cfg, (depth, width) in configs:
+        rng = np.random.default_rng(0)
+        n = 128
+        images = rng.integers(0, 256, (n,) + shape).astype(np.uint8)
+        feats = rng.standard_normal((n, fdim)).astype(np.float32)
+        labels = rng.integers(0, 10, n)
+        student = make_student(strategy, shape, fdim, depth, width)
+        flow, _ = make_flow(strategy, shape, 10)
+        trainer = GanTrainer("/tmp/dibigan-bench", strategy, cfg, images, feats, labels,
+                             student=student, flow=flow)
+        for phase in cfg.schedule().phases():
+            if phase.fade:
+                continue
+            step = trainer.make_step(phase)
+            b = phase.batch_size
+            batch = {"images": tf.constant(images[:b]), "features": tf.constant(feats[:b]),
+                     "labels": tf.constant(labels[:b].astype(np.int64))}
+            args = trainer.step_args(phase.start_image)
+            dt = _time(lambda: float(step(batch, *args)["g_loss"]), steps)
+            rows.append({"name": f"G+D step, {label}, stable",
+                         "resolution": f"{phase.resolution}x{phase.resolution}", "batch": b,
+                         "seconds_per_step": dt, "images_per_second": b / dt,
+                         "xla": jit_compile})
+    return rows
+
+
+def main(argv):
+    del argv
+    rows = []
+    if "flow" in FLAGS.only:
+        rows += bench_flow(FLAGS.steps)
+    if "student" in FLAGS.only:
+        rows += bench_student(FLAGS.steps)
+    if "gan" in FLAGS.only:
+        rows += bench_gan(FLAGS.steps, FLAGS.jit_compile)
+    print(f"{'benchmark':<48} {'input':>10} {'batch':>6} {'ms/step':>9} {'img/s':>8}")
+    for r in rows:
+        print(f"{r['name']:<48} {r['resolution']:>10} {r['batch']:>6} "
+              f"{1000 * r['seconds_per_step']:>9.1f} {r['images_per_second']:>8.1f}")
+    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+    with open(FLAGS.out, "w") as handle:
+        json.dump(rows, handle, indent=2)
+    print(f"written: {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    app.run(main)
