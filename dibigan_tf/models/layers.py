@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from dibigan_tf.keras_compat import keras
@@ -71,7 +72,73 @@ def lerp(a, b, t):
     return a * (1.0 - t) + b * t
 
 
-class EqualizedDense(keras.layers.Layer):
+class _Equalized(keras.layers.Layer):
+    """Equalized learning rate (PGGAN): weights stored ~ N(0, 1/lr_mul) and scaled at run time by
+    ``he_std * lr_mul`` (``he_std = gain / sqrt(fan_in)``); the bias is scaled by ``lr_mul``.
+
+    Subclasses give the kernel shape and fan-in (`_kernel_shape`) and the linear op (`_linear`).
+    """
+
+    def __init__(self, gain=_SQRT2, lr_mul=1.0, use_bias=True, bias_init=0.0, activation=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.gain = float(gain)
+        self.lr_mul = float(lr_mul)
+        self.use_bias = bool(use_bias)
+        self.bias_init = float(bias_init)
+        self.activation = _check_activation(activation)
+        self.he_std = None
+        self.runtime_coef = None
+
+    def _kernel_shape(self, input_shape):
+        raise NotImplementedError
+
+    def _linear(self, inputs, kernel):
+        raise NotImplementedError
+
+    def build(self, input_shape):
+        input_shape = tf.TensorShape(input_shape)
+        if input_shape[-1] is None:
+            raise ValueError(f"{self.name}: the last input dimension must be known, got "
+                             f"{input_shape}.")
+        shape = self._kernel_shape(input_shape)
+        self.fan_in = int(np.prod(shape[:-1]))
+        self.he_std = self.gain / math.sqrt(self.fan_in)
+        self.runtime_coef = self.he_std * self.lr_mul
+        self.kernel = self.add_weight(
+            name="kernel", shape=shape,
+            initializer=keras.initializers.RandomNormal(mean=0.0, stddev=1.0 / self.lr_mul),
+            trainable=True)
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias", shape=(shape[-1],),
+                initializer=keras.initializers.Constant(self.bias_init / self.lr_mul),
+                trainable=True)
+        else:
+            self.bias = None
+        super().build(input_shape)
+
+    def effective_kernel(self):
+        """The kernel actually used (``kernel * he_std * lr_mul``)."""
+        return self.kernel * self.runtime_coef
+
+    def effective_bias(self):
+        return None if self.bias is None else self.bias * self.lr_mul
+
+    def call(self, inputs):
+        y = self._linear(inputs, self.kernel * tf.cast(self.runtime_coef, self.kernel.dtype))
+        if self.bias is not None:
+            y = y + self.bias * tf.cast(self.lr_mul, self.bias.dtype)
+        return _apply_activation(y, self.activation)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(gain=self.gain, lr_mul=self.lr_mul, use_bias=self.use_bias,
+                      bias_init=self.bias_init, activation=self.activation)
+        return config
+
+
+class EqualizedDense(_Equalized):
     """Fully connected layer with equalized learning rate.
 
     Args:
@@ -85,67 +152,27 @@ class EqualizedDense(keras.layers.Layer):
 
     def __init__(self, units, gain=_SQRT2, lr_mul=1.0, use_bias=True, bias_init=0.0,
                  activation=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(gain, lr_mul, use_bias, bias_init, activation, **kwargs)
         self.units = int(units)
-        self.gain = float(gain)
-        self.lr_mul = float(lr_mul)
-        self.use_bias = bool(use_bias)
-        self.bias_init = float(bias_init)
-        self.activation = _check_activation(activation)
-        self.he_std = None
-        self.runtime_coef = None
 
-    def build(self, input_shape):
-        input_shape = tf.TensorShape(input_shape)
-        fan_in = input_shape[-1]
-        if fan_in is None:
-            raise ValueError(f"{self.name}: the last input dimension must be known, got {input_shape}.")
-        fan_in = int(fan_in)
-        self.fan_in = fan_in
-        self.he_std = self.gain / math.sqrt(fan_in)
-        self.runtime_coef = self.he_std * self.lr_mul
-        self.kernel = self.add_weight(
-            name="kernel", shape=(fan_in, self.units),
-            initializer=keras.initializers.RandomNormal(mean=0.0, stddev=1.0 / self.lr_mul),
-            trainable=True)
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias", shape=(self.units,),
-                initializer=keras.initializers.Constant(self.bias_init / self.lr_mul),
-                trainable=True)
-        else:
-            self.bias = None
-        super().build(input_shape)
+    def _kernel_shape(self, input_shape):
+        return (int(input_shape[-1]), self.units)
 
-    def effective_kernel(self):
-        """The kernel actually used in the matmul (``kernel * he_std * lr_mul``)."""
-        return self.kernel * self.runtime_coef
-
-    def effective_bias(self):
-        return None if self.bias is None else self.bias * self.lr_mul
-
-    def call(self, inputs):
-        kernel = self.kernel * tf.cast(self.runtime_coef, self.kernel.dtype)
+    def _linear(self, inputs, kernel):
         if inputs.shape.rank == 2:
-            y = tf.matmul(inputs, kernel)
-        else:
-            y = tf.tensordot(inputs, kernel, axes=[[inputs.shape.rank - 1], [0]])
-        if self.bias is not None:
-            y = y + self.bias * tf.cast(self.lr_mul, self.bias.dtype)
-        return _apply_activation(y, self.activation)
+            return tf.matmul(inputs, kernel)
+        return tf.tensordot(inputs, kernel, axes=[[inputs.shape.rank - 1], [0]])
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape)[:-1].concatenate([self.units])
 
     def get_config(self):
         config = super().get_config()
-        config.update(units=self.units, gain=self.gain, lr_mul=self.lr_mul,
-                      use_bias=self.use_bias, bias_init=self.bias_init,
-                      activation=self.activation)
+        config.update(units=self.units)
         return config
 
 
-class EqualizedConv2D(keras.layers.Layer):
+class EqualizedConv2D(_Equalized):
     """2-D convolution (stride 1, 'SAME' padding, NHWC) with equalized learning rate.
 
     ``fan_in = kernel_size**2 * in_channels``; see :class:`EqualizedDense` for the other args.
@@ -153,62 +180,23 @@ class EqualizedConv2D(keras.layers.Layer):
 
     def __init__(self, filters, kernel_size=3, gain=_SQRT2, lr_mul=1.0, use_bias=True,
                  bias_init=0.0, activation=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(gain, lr_mul, use_bias, bias_init, activation, **kwargs)
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
-        self.gain = float(gain)
-        self.lr_mul = float(lr_mul)
-        self.use_bias = bool(use_bias)
-        self.bias_init = float(bias_init)
-        self.activation = _check_activation(activation)
-        self.he_std = None
-        self.runtime_coef = None
 
-    def build(self, input_shape):
-        input_shape = tf.TensorShape(input_shape)
-        in_channels = input_shape[-1]
-        if in_channels is None:
-            raise ValueError(f"{self.name}: the channel dimension must be known, got {input_shape}.")
-        in_channels = int(in_channels)
+    def _kernel_shape(self, input_shape):
         k = self.kernel_size
-        fan_in = k * k * in_channels
-        self.fan_in = fan_in
-        self.he_std = self.gain / math.sqrt(fan_in)
-        self.runtime_coef = self.he_std * self.lr_mul
-        self.kernel = self.add_weight(
-            name="kernel", shape=(k, k, in_channels, self.filters),
-            initializer=keras.initializers.RandomNormal(mean=0.0, stddev=1.0 / self.lr_mul),
-            trainable=True)
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias", shape=(self.filters,),
-                initializer=keras.initializers.Constant(self.bias_init / self.lr_mul),
-                trainable=True)
-        else:
-            self.bias = None
-        super().build(input_shape)
+        return (k, k, int(input_shape[-1]), self.filters)
 
-    def effective_kernel(self):
-        return self.kernel * self.runtime_coef
-
-    def effective_bias(self):
-        return None if self.bias is None else self.bias * self.lr_mul
-
-    def call(self, inputs):
-        kernel = self.kernel * tf.cast(self.runtime_coef, self.kernel.dtype)
-        y = tf.nn.conv2d(inputs, kernel, strides=1, padding="SAME")
-        if self.bias is not None:
-            y = y + self.bias * tf.cast(self.lr_mul, self.bias.dtype)
-        return _apply_activation(y, self.activation)
+    def _linear(self, inputs, kernel):
+        return tf.nn.conv2d(inputs, kernel, strides=1, padding="SAME")
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape)[:-1].concatenate([self.filters])
 
     def get_config(self):
         config = super().get_config()
-        config.update(filters=self.filters, kernel_size=self.kernel_size, gain=self.gain,
-                      lr_mul=self.lr_mul, use_bias=self.use_bias, bias_init=self.bias_init,
-                      activation=self.activation)
+        config.update(filters=self.filters, kernel_size=self.kernel_size)
         return config
 
 
