@@ -228,16 +228,6 @@ def check_finite(values: dict, stage: str, step: int):
                                 f"the last good checkpoint is kept")
 
 
-def reduce_mean_metrics(strategy, per_replica: dict) -> dict:
-    """Per-replica scalar metrics -> their mean over replicas (floats)."""
-    out = {}
-    for key, value in per_replica.items():
-        if strategy.num_replicas_in_sync > 1:
-            value = strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
-        out[key] = float(value)
-    return out
-
-
 def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
     """uint8 [n, h, w, c] -> one uint8 grid image [rows*h, columns*w, c] (blank cells black)."""
     n, h, w, c = images.shape

@@ -9,7 +9,6 @@ compared with the equally upsampled real batch, i.e. both sides at the same leve
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional, Sequence
 
 import numpy as np

@@ -27,7 +27,6 @@ SCRIPT = textwrap.dedent("""
     for name in ("default", "mirrored"):
         strategy = make_strategy(name)
         results[name + "_replicas"] = strategy.num_replicas_in_sync
-        tf.keras.utils.set_random_seed(0) if hasattr(tf.keras, "utils") else None
         keras.utils.set_random_seed(0)
         student, _ = train_student(f"{out_dir}/{name}", strategy, images, feats, width=4,
                                    epochs=1, batch_size=16, max_shift=0, seed=0, log_every=1)
