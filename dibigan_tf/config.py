@@ -35,6 +35,9 @@ class FlowConfig:
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 1e-3
+    # A run directory whose finished flow stage is loaded instead of training H here (H trained
+    # on its own by `train.py --stage=flow`); empty: H is trained in this run.
+    from_run: str = ""
 
 
 @dataclasses.dataclass

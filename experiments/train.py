@@ -27,6 +27,8 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "tf.distribute
 flags.DEFINE_integer("num_gpus", 0, "Replicas for --strategy=mirrored (0: all devices).")
 flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices (tests "
                      "and CPU runs of --strategy=mirrored).")
+flags.DEFINE_enum("stage", "all", ["all", "flow"], "all: every stage and the report; flow: "
+                  "only H, with held-out bits per dimension in <run>/flow/metrics.json.")
 flags.DEFINE_integer("seed", 0, "Seed of the split, pairs and every stage.")
 flags.DEFINE_integer("holdout_per_class", 100, "Held-out digits per class (never trained on).")
 flags.DEFINE_integer("max_train_images", 0, "Use only this many training images (0: all); for "
@@ -54,6 +56,8 @@ flags.DEFINE_enum("flow_covariance", "diag", ["diag", "full"], "Class prior cova
 flags.DEFINE_integer("flow_epochs", 10, "H training epochs.")
 flags.DEFINE_integer("flow_batch_size", 64, "H batch size.")
 flags.DEFINE_float("flow_learning_rate", 1e-3, "H learning rate.")
+flags.DEFINE_string("flow_from_run", "", "Load the finished H of this run directory (trained by "
+                    "--stage=flow) instead of training H in this run.")
 # G and D
 flags.DEFINE_enum("generator", "feature_conditional", ["feature_conditional", "pggan"],
                   "G structure: ours (D-F) or the PO-GAN baseline (A-C).")
@@ -82,6 +86,10 @@ flags.DEFINE_bool("use_biject", True, "L_biject in Eq. 8.")
 flags.DEFINE_bool("use_distill", True, "L_distill in Eq. 8.")
 flags.DEFINE_bool("use_adv", True, "L_adv in Eq. 8.")
 flags.DEFINE_bool("use_recon", True, "L_recon in Eq. 8.")
+flags.DEFINE_enum("feature_norm", "global", ["global", "per_dim"], "How matcher features are "
+                  "scaled before G: centred, then one scale for all dimensions or one each.")
+flags.DEFINE_float("condition_noise", 0.0, "Std of Gaussian noise on G's (scaled) condition "
+                   "while training.")
 flags.DEFINE_float("ema_kimg", 10.0, "Half-life of G's EMA in thousands of images.")
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalars.")
 flags.DEFINE_integer("image_every", 500, "Steps between TensorBoard image grids.")
@@ -117,7 +125,8 @@ def build_config():
         embedding_weight=FLAGS.embedding_weight, biject_margin=FLAGS.biject_margin,
         recon_weight=FLAGS.recon_weight,
         use_biject=FLAGS.use_biject, use_distill=FLAGS.use_distill, use_adv=FLAGS.use_adv,
-        use_recon=FLAGS.use_recon, ema_kimg=FLAGS.ema_kimg, seed=FLAGS.seed + 3,
+        use_recon=FLAGS.use_recon, ema_kimg=FLAGS.ema_kimg, feature_norm=FLAGS.feature_norm,
+        condition_noise=FLAGS.condition_noise, seed=FLAGS.seed + 3,
         log_every=FLAGS.log_every, image_every=FLAGS.image_every,
         jit_compile=FLAGS.jit_compile)
     return RunConfig(
@@ -138,7 +147,8 @@ def build_config():
                         num_res_blocks=FLAGS.flow_res_blocks, mixing=FLAGS.flow_mixing,
                         covariance=FLAGS.flow_covariance, epochs=FLAGS.flow_epochs,
                         batch_size=FLAGS.flow_batch_size,
-                        learning_rate=FLAGS.flow_learning_rate),
+                        learning_rate=FLAGS.flow_learning_rate,
+                        from_run=FLAGS.flow_from_run),
         gan=gan)
 
 
@@ -154,9 +164,9 @@ def main(argv):
     from dibigan_tf.data.digits import DataError
     from dibigan_tf.matchers.base import MatcherError
     from dibigan_tf.training.common import StopRequested, TrainingError
-    from dibigan_tf.training.pipeline import run_blackbox
+    from dibigan_tf.training.pipeline import run_blackbox, run_flow
     try:
-        metrics = run_blackbox(cfg)
+        metrics = run_flow(cfg) if FLAGS.stage == "flow" else run_blackbox(cfg)
     except StopRequested as stop:
         print(f"stopped: {stop}")
         return 3
@@ -169,6 +179,10 @@ def main(argv):
             "blackbox_queries", "seconds_total")
     print("\n".join(f"{k}: {metrics[k]:.4f}" if isinstance(metrics[k], float)
                     else f"{k}: {metrics[k]}" for k in keys if k in metrics))
+    if FLAGS.stage == "flow":
+        print(f"flow_bits_per_dim_mixture: {metrics['flow_bits_per_dim_mixture']:.4f}")
+        print(f"metrics: {os.path.join(cfg.checkpoint_dir, cfg.run_name, 'flow', 'metrics.json')}")
+        return 0
     print(f"report: {os.path.join(cfg.checkpoint_dir, cfg.run_name, 'report', 'report.md')}")
     return 0
 

@@ -11,7 +11,9 @@ import os
 import time
 
 import numpy as np
+import tensorflow as tf
 from absl import logging
+from PIL import Image
 
 from dibigan_tf.config import RunConfig
 from dibigan_tf.data.digits import balanced_holdout_split, load_embedded_digits
@@ -22,7 +24,7 @@ from dibigan_tf.matchers.lenet import LeNetMatcher
 from dibigan_tf.matchers.store import FeatureStore
 from dibigan_tf.training.classifier import train_lenet
 from dibigan_tf.training.common import TrainingError, make_strategy
-from dibigan_tf.training.flow import evaluate_flow, train_flow
+from dibigan_tf.training.flow import class_samples, evaluate_flow, train_flow
 from dibigan_tf.training.gan import GanTrainer
 from dibigan_tf.training.student import student_embed, train_student
 
@@ -57,6 +59,7 @@ def load_dataset(cfg: RunConfig, run_dir: str):
 
 def run_blackbox(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     """Runs (or resumes) every stage; returns the metrics written to the report."""
+    _check_flow_from_run(cfg)
     run_dir = os.path.join(cfg.checkpoint_dir, cfg.run_name)
     os.makedirs(run_dir, exist_ok=True)
     _save_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
@@ -100,15 +103,9 @@ def run_blackbox(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     student_cos = float(np.mean(cosine_similarity_rows(student_embed(student, heldout.images),
                                                        held_features)))
 
-    # 5. the bijection H (class-conditional log-likelihood)
-    fl = cfg.flow
-    flow, prior = train_flow(run_dir, strategy, train.images, train.labels, train.num_classes,
-                             num_steps=fl.num_steps, hidden_channels=fl.hidden_channels,
-                             num_res_blocks=fl.num_res_blocks, mixing=fl.mixing,
-                             covariance=fl.covariance, epochs=fl.epochs,
-                             batch_size=fl.batch_size, learning_rate=fl.learning_rate,
-                             seed=cfg.seed + 2, **loop_kwargs)
-    seconds["flow"] = _stage_seconds(run_dir, "flow")
+    # 5. the bijection H (class-conditional log-likelihood), or the one trained on its own
+    flow, prior, flow_seconds = _flow_stage(cfg, run_dir, strategy, train, loop_kwargs)
+    seconds["flow"] = flow_seconds
     flow_metrics = evaluate_flow(flow, prior, heldout.images, heldout.labels)
 
     # 6. G and D
@@ -140,6 +137,67 @@ def run_blackbox(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
                         title=f"DiBiGAN {cfg.mode} run `{cfg.run_name}` on {cfg.dataset}")
     logging.info("report: %s", path)
     return metrics
+
+
+def _flow_stage(cfg: RunConfig, run_dir, strategy, train, loop_kwargs):
+    """(flow, prior, seconds spent training H in this run): trains H here, or loads the finished
+    flow stage of `cfg.flow.from_run` (0 seconds here)."""
+    fl = cfg.flow
+    flow_dir = fl.from_run or run_dir
+    _check_flow_from_run(cfg)
+    try:
+        flow, prior = train_flow(flow_dir, strategy, train.images, train.labels,
+                                 train.num_classes, num_steps=fl.num_steps,
+                                 hidden_channels=fl.hidden_channels,
+                                 num_res_blocks=fl.num_res_blocks, mixing=fl.mixing,
+                                 covariance=fl.covariance, epochs=fl.epochs,
+                                 batch_size=fl.batch_size, learning_rate=fl.learning_rate,
+                                 seed=cfg.seed + 2, **loop_kwargs)
+    except (ValueError, tf.errors.OpError) as error:
+        if not fl.from_run:
+            raise
+        raise TrainingError(f"--flow_from_run={fl.from_run}: its H does not fit this run "
+                            f"(same --flow_* flags and data needed): {error}") from None
+    return flow, prior, (0.0 if fl.from_run else _stage_seconds(run_dir, "flow"))
+
+
+def _check_flow_from_run(cfg: RunConfig):
+    fl = cfg.flow
+    if fl.from_run and not os.path.exists(os.path.join(fl.from_run, "flow", "done.json")):
+        raise TrainingError(f"--flow_from_run={fl.from_run}: no finished flow stage there "
+                            f"(train it first: experiments/train.py --stage=flow "
+                            f"--run_name=... )")
+
+
+def run_flow(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
+    """H on its own (`train.py --stage=flow`): trains or resumes `<run>/flow`, then writes
+    `<run>/flow/metrics.json` (held-out bits per dimension with the true class prior and with the
+    class mixture) and `<run>/flow/class_samples.png` (one row of prior samples per class). A
+    later run loads this H with `--flow_from_run=<run dir>`."""
+    run_dir = os.path.join(cfg.checkpoint_dir, cfg.run_name)
+    os.makedirs(run_dir, exist_ok=True)
+    _save_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
+    strategy = make_strategy(cfg.strategy, cfg.num_gpus or None)
+    loop_kwargs = dict(loop_kwargs or {})
+    loop_kwargs.setdefault("checkpoint_every_seconds", cfg.checkpoint_every_seconds)
+    loop_kwargs.setdefault("checkpoint_every_steps", cfg.checkpoint_every_steps)
+    train, heldout = load_dataset(cfg, run_dir)
+    flow, prior, seconds = _flow_stage(cfg, run_dir, strategy, train, loop_kwargs)
+    metrics = evaluate_flow(flow, prior, heldout.images, heldout.labels)
+    metrics["flow_train_bits_per_dim"] = evaluate_flow(
+        flow, prior, train.images[:len(heldout)], train.labels[:len(heldout)])["flow_bits_per_dim"]
+    metrics["seconds"] = {"flow": seconds}
+    metrics["run"] = cfg.run_name
+    out = os.path.join(run_dir, "flow")
+    Image.fromarray(_grey_or_rgb(class_samples(flow, prior, train.num_classes))).save(
+        os.path.join(out, "class_samples.png"))
+    _save_json(os.path.join(out, "metrics.json"), metrics)
+    logging.info("flow metrics: %s", os.path.join(out, "metrics.json"))
+    return metrics
+
+
+def _grey_or_rgb(grid):
+    return grid[..., 0] if grid.shape[-1] == 1 else grid
 
 
 def _stage_seconds(run_dir, name):
