@@ -208,6 +208,7 @@ class GanTrainer:
         d_vars = D.variables_for_stage(stage, fade_in=fade)
         student, flow, margin = self.student, self.flow, self.margin
         ema_beta = 0.5 ** (batch / max(cfg.ema_kimg * 1000.0, 1e-8))
+        cached = self.uses_cached_targets(phase)
 
         def replica_step(data, alpha, weights):
             real_full = uint8_to_unit(data["images"])
@@ -251,10 +252,14 @@ class GanTrainer:
                     out["recon_l1"] = tf.reduce_sum(recon) / batch
                 if cfg.use_distill or cfg.use_biject:
                     fake_up = resize_nearest(fake, full)
-                    real_up = tf.stop_gradient(resize_nearest(real, full))
+                    if not cached:
+                        real_up = tf.stop_gradient(resize_nearest(real, full))
                 if cfg.use_distill:
                     s_fake = student(fake_up, training=False)
-                    s_real = [tf.stop_gradient(t) for t in student(real_up, training=False)]
+                    if cached:
+                        s_real = [data[f"target_student_{j}"] for j in range(len(s_fake))]
+                    else:
+                        s_real = [tf.stop_gradient(t) for t in student(real_up, training=False)]
                     distill = losses.generator_distill_loss(
                         s_fake[:-1], s_real[:-1], s_fake[-1], s_real[-1],
                         tap_weights=[cfg.tap_weight] * (len(s_fake) - 1),
@@ -265,7 +270,8 @@ class GanTrainer:
                     out["student_cosine"] = tf.reduce_sum(cos) / batch
                 if cfg.use_biject:
                     z_fake = flow.forward(flow_input(fake_up))[0]
-                    z_real = flow.forward(flow_input(real_up))[0]
+                    z_real = (data["target_flow"] if cached
+                              else flow.forward(flow_input(real_up))[0])
                     biject = losses.biject_loss(z_fake, z_real, labels, margin)
                     total += weights[0] * biject
                     out["biject"] = tf.reduce_sum(biject) / batch
@@ -280,6 +286,33 @@ class GanTrainer:
 
         return distributed_step(self.strategy, replica_step, jit_compile=cfg.jit_compile,
                                 post_fn=ema_update)
+
+    def uses_cached_targets(self, phase) -> bool:
+        """In a stable phase the real image a G step compares with is fixed per training image
+        (the average-pooled image, no alpha blend), so its F^S outputs and H latent are computed
+        once per phase (`real_targets`) instead of at every step: the same losses, two fewer
+        network passes per step. Fade-ins blend by alpha and compute them in the step."""
+        return not phase.fade and (self.cfg.use_distill or self.cfg.use_biject)
+
+    def real_targets(self, resolution, batch_size=200) -> dict:
+        """{"target_student_j": F^S outputs, "target_flow": H latents} of every training image
+        average-pooled to `resolution` and upsampled to full size, as in the G step."""
+        student, flow, full = self.student, self.flow, self.full_resolution
+
+        @tf.function
+        def targets(images):
+            real_up = resize_nearest(average_pool(uint8_to_unit(images), resolution), full)
+            out = {}
+            if self.cfg.use_distill:
+                for j, t in enumerate(student(real_up, training=False)):
+                    out[f"target_student_{j}"] = t
+            if self.cfg.use_biject:
+                out["target_flow"] = flow.forward(flow_input(real_up))[0]
+            return out
+
+        parts = [targets(tf.constant(self.images[i:i + batch_size]))
+                 for i in range(0, len(self.images), batch_size)]
+        return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
 
     def condition(self, features):
         """Raw matcher features -> G's conditioning input (standardised)."""
@@ -316,6 +349,9 @@ class GanTrainer:
                 continue
             step = self.make_step(phase)
             self.steps[phase.index] = step
+            phase_arrays = arrays
+            if self.uses_cached_targets(phase):
+                phase_arrays = dict(arrays, **self.real_targets(phase.resolution))
             image_every = max(self.cfg.image_every, 1)
 
             def on_log(step_number, values, phase=phase):
@@ -326,7 +362,7 @@ class GanTrainer:
                     stage.scalars({"alpha": self.schedule.alpha(seen),
                                    "scale_R": self.schedule.scale(seen)}, step_number)
 
-            run_phase(stage, step, arrays, phase.batch_size, phase.end_image,
+            run_phase(stage, step, phase_arrays, phase.batch_size, phase.end_image,
                       seed=self.cfg.seed + phase.index, total_images=total,
                       step_args=self.step_args, log_every=self.cfg.log_every, on_log=on_log,
                       label=phase.name, **loop_kwargs)
