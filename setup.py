@@ -21,7 +21,8 @@ setup(
         "mlxtend",
     ],
     extras_require={
-        "test": ["pytest", "scipy"],
+        # matplotlib: the tests draw Figure 3 on a tiny run.
+        "test": ["pytest", "scipy", "matplotlib"],
         # dlib's ResNet face matcher, detector and 5-point landmarks (a real blackbox F).
         "faces": ["dlib-bin", "face_recognition_models"],
         # ONNX embedding models (insightface ArcFace and others).

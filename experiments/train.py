@@ -27,8 +27,10 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "tf.distribute
 flags.DEFINE_integer("num_gpus", 0, "Replicas for --strategy=mirrored (0: all devices).")
 flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices (tests "
                      "and CPU runs of --strategy=mirrored).")
-flags.DEFINE_enum("stage", "all", ["all", "flow"], "all: every stage and the report; flow: "
-                  "only H, with held-out bits per dimension in <run>/flow/metrics.json.")
+flags.DEFINE_enum("stage", "all", ["all", "flow", "figure3"],
+                  "all: every stage and the report; flow: only H, with held-out bits per "
+                  "dimension in <run>/flow/metrics.json; figure3: the paper's Figure 3 (a second "
+                  "G trained without L_biject, compared with the run's G) in <run>/report/.")
 flags.DEFINE_integer("seed", 0, "Seed of the split, pairs and every stage.")
 flags.DEFINE_integer("holdout_per_class", 100, "Held-out digits per class (never trained on).")
 flags.DEFINE_integer("max_train_images", 0, "Use only this many training images (0: all); for "
@@ -164,9 +166,9 @@ def main(argv):
     from dibigan_tf.data.digits import DataError
     from dibigan_tf.matchers.base import MatcherError
     from dibigan_tf.training.common import StopRequested, TrainingError
-    from dibigan_tf.training.pipeline import run_blackbox, run_flow
+    from dibigan_tf.training.pipeline import run_blackbox, run_figure3, run_flow
     try:
-        metrics = run_flow(cfg) if FLAGS.stage == "flow" else run_blackbox(cfg)
+        metrics = {"flow": run_flow, "figure3": run_figure3, "all": run_blackbox}[FLAGS.stage](cfg)
     except StopRequested as stop:
         print(f"stopped: {stop}")
         return 3
@@ -179,6 +181,11 @@ def main(argv):
             "blackbox_queries", "seconds_total")
     print("\n".join(f"{k}: {metrics[k]:.4f}" if isinstance(metrics[k], float)
                     else f"{k}: {metrics[k]}" for k in keys if k in metrics))
+    if FLAGS.stage == "figure3":
+        for key, value in sorted(metrics.items()):
+            print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+        print(f"figure: {os.path.join(cfg.checkpoint_dir, cfg.run_name, 'report', 'figure3.png')}")
+        return 0
     if FLAGS.stage == "flow":
         print(f"flow_bits_per_dim_mixture: {metrics['flow_bits_per_dim_mixture']:.4f}")
         print(f"metrics: {os.path.join(cfg.checkpoint_dir, cfg.run_name, 'flow', 'metrics.json')}")

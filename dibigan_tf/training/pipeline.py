@@ -6,6 +6,7 @@ G/D progressive training (Eq. 8, Eq. 9, section 3.4) -> evaluation and report.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -59,6 +60,46 @@ def load_dataset(cfg: RunConfig, run_dir: str):
 
 def run_blackbox(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     """Runs (or resumes) every stage; returns the metrics written to the report."""
+    ctx = train_stages(cfg, loop_kwargs)
+    train, heldout, store, trainer = ctx.train, ctx.heldout, ctx.store, ctx.trainer
+    seconds = ctx.seconds
+    held_features, train_features = ctx.held_features, ctx.train_features
+
+    # 7. evaluation on the held-out split, scored by the blackbox F
+    start = time.time()
+    recons = trainer.reconstruct(held_features, seed=cfg.seed)
+    recon_features = store.features(recons)
+    metrics = evaluate_reconstructions(held_features, recon_features, heldout.labels,
+                                       train_features, train.labels,
+                                       num_positive=cfg.eval_positive_pairs,
+                                       num_negative=cfg.eval_negative_pairs, seed=cfg.seed)
+    seconds["evaluate"] = time.time() - start
+    metrics.update(ctx.flow_metrics)
+    metrics["student_cosine_heldout"] = ctx.student_cosine
+    metrics["blackbox_queries"] = store.total_queries
+    metrics["blackbox_queries_training_images"] = len(train) + len(heldout)
+    metrics["seconds"] = seconds
+    metrics["seconds_total"] = float(sum(seconds.values()))
+    metrics["run"] = cfg.run_name
+    metrics["mode"] = cfg.mode
+    report_dir = os.path.join(ctx.run_dir, "report")
+    metrics.update(_extra_report_keys(report_dir, ctx.run_dir))
+    figure = reconstruction_figure(heldout.images, recons, heldout.labels, per_class=8)
+    path = write_report(report_dir, metrics, figure,
+                        title=f"DiBiGAN {cfg.mode} run `{cfg.run_name}` on {cfg.dataset}")
+    logging.info("report: %s", path)
+    return metrics
+
+
+class RunContext:
+    """Everything the trained stages of a run give: data, feature store, F^S, H, G/D trainer."""
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
+    """Runs (or loads) every training stage of a run, in order; returns a RunContext."""
     _check_flow_from_run(cfg)
     run_dir = os.path.join(cfg.checkpoint_dir, cfg.run_name)
     os.makedirs(run_dir, exist_ok=True)
@@ -115,27 +156,85 @@ def run_blackbox(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     trainer.train(stop_after_steps=cfg.stop_after_steps, **loop_kwargs)
     seconds["gan"] = _stage_seconds(run_dir, "gan")
 
-    # 7. evaluation on the held-out split, scored by the blackbox F
-    start = time.time()
-    recons = trainer.reconstruct(held_features, seed=cfg.seed)
-    recon_features = store.features(recons)
-    metrics = evaluate_reconstructions(held_features, recon_features, heldout.labels,
-                                       train_features, train.labels,
-                                       num_positive=cfg.eval_positive_pairs,
-                                       num_negative=cfg.eval_negative_pairs, seed=cfg.seed)
-    seconds["evaluate"] = time.time() - start
-    metrics.update(flow_metrics)
-    metrics["student_cosine_heldout"] = student_cos
-    metrics["blackbox_queries"] = store.total_queries
-    metrics["blackbox_queries_training_images"] = len(train) + len(heldout)
-    metrics["seconds"] = seconds
-    metrics["seconds_total"] = float(sum(seconds.values()))
-    metrics["run"] = cfg.run_name
-    metrics["mode"] = cfg.mode
-    figure = reconstruction_figure(heldout.images, recons, heldout.labels, per_class=8)
-    path = write_report(os.path.join(run_dir, "report"), metrics, figure,
-                        title=f"DiBiGAN {cfg.mode} run `{cfg.run_name}` on {cfg.dataset}")
-    logging.info("report: %s", path)
+    return RunContext(cfg=cfg, run_dir=run_dir, strategy=strategy, loop_kwargs=loop_kwargs,
+                      train=train, heldout=heldout, store=store, matcher=matcher,
+                      train_features=train_features, held_features=held_features,
+                      student=student, student_cosine=student_cos, flow=flow, prior=prior,
+                      flow_metrics=flow_metrics, trainer=trainer, seconds=seconds)
+
+
+def _extra_report_keys(report_dir, run_dir):
+    """Metrics that `run_figure3` added for this run's G (kept when the report is rewritten,
+    dropped when G was trained again since)."""
+    path = os.path.join(report_dir, "figure3.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        saved = json.load(handle)
+    if saved.get("gan_done") != _done_info(run_dir, "gan"):
+        return {}
+    return saved["metrics"]
+
+
+def _done_info(run_dir, name):
+    with open(os.path.join(run_dir, name, "done.json")) as handle:
+        return json.load(handle)
+
+
+def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
+    """The paper's Figure 3 on the run's held-out images: reconstructions by a G trained with
+    L_biject (the run's own G, configuration F) and by a second G trained the same way without it
+    (stage `gan_without_biject`), projected to 2-D by PCA of their F features and of their H
+    latents, in `report/figure3.png`; the ratio of mean intra-class to mean inter-class distance
+    (L2-normalised F features; H latents) of each, added to `report/metrics.json`:
+    `biject_intra_inter_ratio_without`, `biject_intra_inter_ratio_with` (F features) and the
+    same keys with `_h` (H latents). Lower is tighter identities. Trains whatever is missing."""
+    from dibigan_tf.evaluation.figures import intra_inter_ratio, pca_2d, scatter_panels
+    from dibigan_tf.training.gan import flow_input
+    from dibigan_tf.matchers.lenet import uint8_to_unit
+    if not (cfg.gan.use_biject and cfg.gan.use_distill):
+        raise TrainingError("Figure 3 compares the run's G (trained with L_biject and L_distill) "
+                            "with one trained without L_biject: run it on a configuration (F) "
+                            "run (--use_biject --use_distill)")
+    ctx = train_stages(cfg, loop_kwargs)
+    without_cfg = dataclasses.replace(cfg.gan, use_biject=False)
+    without = GanTrainer(ctx.run_dir, ctx.strategy, without_cfg, ctx.train.images,
+                         ctx.train_features, ctx.train.labels, student=ctx.student,
+                         name="gan_without_biject")
+    without.train(**ctx.loop_kwargs)
+
+    labels = ctx.heldout.labels
+    points, metrics = {}, {}
+    latent_fn = tf.function(lambda x: ctx.flow.forward(flow_input(x))[0])
+    for name, trainer in (("without", without), ("with", ctx.trainer)):
+        recons = trainer.reconstruct(ctx.held_features, seed=cfg.seed)
+        feats = ctx.store.features(recons)
+        feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+        latents = np.concatenate([latent_fn(uint8_to_unit(recons[i:i + 250])).numpy()
+                                  for i in range(0, len(recons), 250)])
+        latents = latents.reshape(len(latents), -1)
+        points[name] = (feats, latents)
+        metrics[f"biject_intra_inter_ratio_{name}"] = intra_inter_ratio(feats, labels)
+        metrics[f"biject_intra_inter_ratio_{name}_h"] = intra_inter_ratio(latents, labels)
+    metrics["biject_figure3_images"] = int(len(labels))
+    panels = []
+    for space, i in (("F features", 0), ("H latents", 1)):
+        for name in ("without", "with"):
+            ratio = metrics[f"biject_intra_inter_ratio_{name}" + ("_h" if i else "")]
+            panels.append((f"{space} of reconstructions, {name} L_biject "
+                           f"(intra/inter {ratio:.3f})", pca_2d(points[name][i]), labels))
+    report_dir = os.path.join(ctx.run_dir, "report")
+    os.makedirs(report_dir, exist_ok=True)
+    scatter_panels(panels, os.path.join(report_dir, "figure3.png"))
+    _save_json(os.path.join(report_dir, "figure3.json"),
+               {"gan_done": _done_info(ctx.run_dir, "gan"), "metrics": metrics})
+    metrics_path = os.path.join(report_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as handle:
+            report = json.load(handle)
+        report.update(metrics)
+        _save_json(metrics_path, report)
+    logging.info("figure 3: %s", os.path.join(report_dir, "figure3.png"))
     return metrics
 
 

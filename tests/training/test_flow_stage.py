@@ -39,5 +39,21 @@ def test_flow_stage_alone_then_loaded_by_a_run(tmp_path):
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert not (tmp_path / "r" / "flow").exists()
     report = json.loads((tmp_path / "r" / "report" / "metrics.json").read_text())
+    assert not any(k.startswith("biject_") for k in report)
     assert report["seconds"]["flow"] == 0.0
     assert abs(report["flow_bits_per_dim"] - metrics["flow_bits_per_dim"]) < 1e-4
+
+    # Figure 3 on the finished run: a second G without L_biject, both projected and compared
+    fig = _run(tmp_path, "--run_name=r", f"--flow_from_run={h_dir}", "--stage=figure3")
+    assert fig.returncode == 0, (fig.stdout + fig.stderr)[-3000:]
+    assert (tmp_path / "r" / "gan_without_biject" / "done.json").exists()
+    assert (tmp_path / "r" / "report" / "figure3.png").stat().st_size > 1000
+    report = json.loads((tmp_path / "r" / "report" / "metrics.json").read_text())
+    for key in ("biject_intra_inter_ratio_without", "biject_intra_inter_ratio_with",
+                "biject_intra_inter_ratio_without_h", "biject_intra_inter_ratio_with_h"):
+        assert 0.0 < report[key] < 2.0, (key, report)
+    # the report written again by the same training command keeps the Figure 3 keys
+    again = _run(tmp_path, "--run_name=r", f"--flow_from_run={h_dir}")
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    rewritten = json.loads((tmp_path / "r" / "report" / "metrics.json").read_text())
+    assert rewritten["biject_intra_inter_ratio_with"] == report["biject_intra_inter_ratio_with"]
