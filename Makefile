@@ -8,12 +8,13 @@ TRAIN_ARGS := $(if $(DATA_DIR),--data_dir=$(DATA_DIR)) $(if $(MATCHER),--matcher
               $(if $(RUN),--run_name=$(RUN)) $(ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: help venv train-blackbox train-flow figure3 test test-all bench tensorboard clean-venv
+.PHONY: help venv train-blackbox train-flow figure3 ablation-digits test test-all bench tensorboard clean-venv
 
 help:
 	@echo "make train-blackbox   train DiBiGAN in blackbox mode (default: embedded MNIST digits)"
 	@echo "make train-flow       train the bijection H alone (held-out bits/dim in <run>/flow/)"
 	@echo "make figure3          the paper's Figure 3 for a finished run (second G without L_biject)"
+	@echo "make ablation-digits  Table 2 (A)-(F) on digits, blackbox -> checkpoints/ablation-digits.md"
 	@echo "make test             run the test suite (the fast tests: what CI runs)"
 	@echo "make test-all         run every test, including those marked slow"
 	@echo "make bench            step throughput of H, F^S and G+D (table + checkpoints/bench.json)"
@@ -36,6 +37,9 @@ train-flow: venv
 
 figure3: venv
 	$(PY) experiments/train.py --flagfile=$(FLAGFILE) --stage=figure3 $(TRAIN_ARGS)
+
+ablation-digits: venv
+	$(PY) experiments/ablation.py $(if $(ARGS),--extra="$(ARGS)")
 
 test: venv
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests

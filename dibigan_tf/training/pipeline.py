@@ -18,7 +18,8 @@ from PIL import Image
 
 from dibigan_tf.config import RunConfig
 from dibigan_tf.data.digits import balanced_holdout_split, load_embedded_digits
-from dibigan_tf.evaluation.verification import cosine_similarity_rows
+from dibigan_tf.evaluation.verification import (cosine_similarity_rows,
+                                                 nearest_centroid_agreement)
 from dibigan_tf.evaluation.report import (evaluate_reconstructions, reconstruction_figure,
                                           write_report)
 from dibigan_tf.matchers.lenet import LeNetMatcher
@@ -216,13 +217,16 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
         points[name] = (feats, latents)
         metrics[f"biject_intra_inter_ratio_{name}"] = intra_inter_ratio(feats, labels)
         metrics[f"biject_intra_inter_ratio_{name}_h"] = intra_inter_ratio(latents, labels)
+        metrics[f"biject_recon_class_agreement_{name}"] = nearest_centroid_agreement(
+            feats, labels, ctx.train_features, ctx.train.labels)
     metrics["biject_figure3_images"] = int(len(labels))
     panels = []
     for space, i in (("F features", 0), ("H latents", 1)):
         for name in ("without", "with"):
             ratio = metrics[f"biject_intra_inter_ratio_{name}" + ("_h" if i else "")]
-            panels.append((f"{space} of reconstructions, {name} L_biject "
-                           f"(intra/inter {ratio:.3f})", pca_2d(points[name][i]), labels))
+            panels.append((f"{space} of reconstructions, {name} L_biject\n"
+                           f"(PCA; intra/inter distance {ratio:.3f})", pca_2d(points[name][i]),
+                           labels))
     report_dir = os.path.join(ctx.run_dir, "report")
     os.makedirs(report_dir, exist_ok=True)
     scatter_panels(panels, os.path.join(report_dir, "figure3.png"))

@@ -1,0 +1,34 @@
+"""`make ablation-digits` driver on a tiny budget: two Table 2 rows share F, F^S, H and the
+feature store, and the Markdown table has one line per row."""
+import json
+import os
+import subprocess
+import sys
+
+from tests.training.test_pipeline_resume import ROOT, TINY
+
+
+def test_ablation_rows_share_stages_and_fill_the_table(tmp_path):
+    extra = " ".join(t for t in TINY if not t.startswith("--checkpoint_every"))
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "ablation.py"), "--configs=A,F",
+           f"--checkpoint_dir={tmp_path}", "--prefix=t-", f"--extra={extra}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    text = (tmp_path / "t-ablation-digits.md").read_text()
+    lines = [l for l in text.splitlines() if l.startswith("| (")]
+    assert [l.split("|")[1].strip() for l in lines] == ["(A) PO.GAN", "(F) + L_biject"]
+    a = json.loads((tmp_path / "t-digits-A-blackbox" / "report" / "metrics.json").read_text())
+    f = json.loads((tmp_path / "t-digits-F-blackbox" / "report" / "metrics.json").read_text())
+    assert f"{a['recon_class_agreement']:.4f}" in lines[0]
+    assert f"{f['recon_class_agreement']:.4f}" in lines[1]
+    # (F) reused (A)'s F, F^S and H: nothing trained again, no training image queried again
+    assert "matcher: loaded the finished stage" in out
+    assert "student: loaded the finished stage" in out
+    assert f["blackbox_queries"] == 400 + 200 + 200 + 200    # images once + two sets of recons
+    cfg_a = json.loads((tmp_path / "t-digits-A-blackbox" / "config.json").read_text())
+    cfg_f = json.loads((tmp_path / "t-digits-F-blackbox" / "config.json").read_text())
+    assert cfg_a["gan"]["generator"] == "pggan" and not cfg_a["gan"]["use_distill"]
+    assert cfg_f["gan"]["generator"] == "feature_conditional" and cfg_f["gan"]["use_biject"]
+    assert (cfg_a["gan"]["stable_images"], cfg_a["seed"]) == (cfg_f["gan"]["stable_images"],
+                                                            cfg_f["seed"])
