@@ -12,6 +12,8 @@ import os
 import time
 
 import numpy as np
+
+from dibigan_tf.keras_compat import keras  # noqa: I001  (selects Keras 2 before TF loads)
 import tensorflow as tf
 from absl import logging
 from PIL import Image
@@ -120,6 +122,7 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
 
     # 2. the matcher F: trained on the training split, then only ever a blackbox
     m = cfg.matcher
+    _seed(cfg, 10)
     path = train_lenet(run_dir, strategy, train.images, train.labels, feature_dim=m.feature_dim,
                        epochs=m.epochs, batch_size=m.batch_size, learning_rate=m.learning_rate,
                        seed=cfg.seed, **loop_kwargs)
@@ -137,6 +140,7 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
 
     # 4. the student F^S (Eq. 6)
     s = cfg.student
+    _seed(cfg, 20)
     student, _ = train_student(run_dir, strategy, train.images, train_features, depth=s.depth,
                                width=s.width, epochs=s.epochs, batch_size=s.batch_size,
                                learning_rate=s.learning_rate, max_shift=s.max_shift,
@@ -146,11 +150,13 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
                                                        held_features)))
 
     # 5. the bijection H (class-conditional log-likelihood), or the one trained on its own
+    _seed(cfg, 30)
     flow, prior, flow_seconds = _flow_stage(cfg, run_dir, strategy, train, loop_kwargs)
     seconds["flow"] = flow_seconds
     flow_metrics = evaluate_flow(flow, prior, heldout.images, heldout.labels)
 
     # 6. G and D
+    _seed(cfg, 40)
     trainer = GanTrainer(run_dir, strategy, cfg.gan, train.images, train_features, train.labels,
                          student=student if cfg.gan.use_distill else None,
                          flow=flow if cfg.gan.use_biject else None)
@@ -199,6 +205,7 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
                             "run (--use_biject --use_distill)")
     ctx = train_stages(cfg, loop_kwargs)
     without_cfg = dataclasses.replace(cfg.gan, use_biject=False)
+    _seed(cfg, 40)   # the same initial G and D as the run's own G
     without = GanTrainer(ctx.run_dir, ctx.strategy, without_cfg, ctx.train.images,
                          ctx.train_features, ctx.train.labels, student=ctx.student,
                          name="gan_without_biject")
@@ -264,6 +271,13 @@ def _flow_stage(cfg: RunConfig, run_dir, strategy, train, loop_kwargs):
     return flow, prior, (0.0 if fl.from_run else _stage_seconds(run_dir, "flow"))
 
 
+def _seed(cfg: RunConfig, offset: int):
+    """Seeds Python, numpy and TensorFlow before a stage builds its networks and steps, so a
+    stage's initial weights and random streams depend on --seed and the stage alone (not on which
+    stages ran before it in this process)."""
+    keras.utils.set_random_seed(cfg.seed * 1000 + offset)
+
+
 def _check_flow_from_run(cfg: RunConfig):
     fl = cfg.flow
     if fl.from_run and not os.path.exists(os.path.join(fl.from_run, "flow", "done.json")):
@@ -285,6 +299,7 @@ def run_flow(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     loop_kwargs.setdefault("checkpoint_every_seconds", cfg.checkpoint_every_seconds)
     loop_kwargs.setdefault("checkpoint_every_steps", cfg.checkpoint_every_steps)
     train, heldout = load_dataset(cfg, run_dir)
+    _seed(cfg, 30)
     flow, prior, seconds = _flow_stage(cfg, run_dir, strategy, train, loop_kwargs)
     metrics = evaluate_flow(flow, prior, heldout.images, heldout.labels)
     metrics["flow_train_bits_per_dim"] = evaluate_flow(
