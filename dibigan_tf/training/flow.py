@@ -90,8 +90,7 @@ def evaluate_flow(flow, prior, images, labels, batch_size=250, seed=123):
         true_bpd.append(bits_per_dim(nll_true, num_dims).numpy())
         mix_bpd.append(bits_per_dim(nll_mix, num_dims).numpy())
     true_bpd = np.concatenate(true_bpd)
-    # The mean is what flows report; the median shows how much of it a few held-out images with
-    # ink where no training digit has any (a near-zero prior scale there) account for.
+    # The mean is what flows report; the median tells whether a few images dominate it.
     return {"flow_bits_per_dim": float(np.mean(true_bpd)),
             "flow_bits_per_dim_median": float(np.median(true_bpd)),
             "flow_bits_per_dim_mixture": float(np.mean(np.concatenate(mix_bpd)))}

@@ -104,13 +104,7 @@ class RunContext:
 def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
     """Runs (or loads) every training stage of a run, in order; returns a RunContext."""
     _check_flow_from_run(cfg)
-    run_dir = os.path.join(cfg.checkpoint_dir, cfg.run_name)
-    os.makedirs(run_dir, exist_ok=True)
-    _save_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
-    strategy = make_strategy(cfg.strategy, cfg.num_gpus or None)
-    loop_kwargs = dict(loop_kwargs or {})
-    loop_kwargs.setdefault("checkpoint_every_seconds", cfg.checkpoint_every_seconds)
-    loop_kwargs.setdefault("checkpoint_every_steps", cfg.checkpoint_every_steps)
+    run_dir, strategy, loop_kwargs = _open_run(cfg, loop_kwargs)
     seconds = {}
 
     # 1. data
@@ -168,6 +162,19 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
                       train_features=train_features, held_features=held_features,
                       student=student, student_cosine=student_cos, flow=flow, prior=prior,
                       flow_metrics=flow_metrics, trainer=trainer, seconds=seconds)
+
+
+def _open_run(cfg: RunConfig, loop_kwargs: dict | None):
+    """(run dir, created, with this run's config.json; the strategy; the loop's keyword
+    arguments with the run's checkpoint periods)."""
+    run_dir = os.path.join(cfg.checkpoint_dir, cfg.run_name)
+    os.makedirs(run_dir, exist_ok=True)
+    _save_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
+    strategy = make_strategy(cfg.strategy, cfg.num_gpus or None)
+    loop_kwargs = dict(loop_kwargs or {})
+    loop_kwargs.setdefault("checkpoint_every_seconds", cfg.checkpoint_every_seconds)
+    loop_kwargs.setdefault("checkpoint_every_steps", cfg.checkpoint_every_steps)
+    return run_dir, strategy, loop_kwargs
 
 
 def _extra_report_keys(report_dir, run_dir):
@@ -291,13 +298,7 @@ def run_flow(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     `<run>/flow/metrics.json` (held-out bits per dimension with the true class prior and with the
     class mixture) and `<run>/flow/class_samples.png` (one row of prior samples per class). A
     later run loads this H with `--flow_from_run=<run dir>`."""
-    run_dir = os.path.join(cfg.checkpoint_dir, cfg.run_name)
-    os.makedirs(run_dir, exist_ok=True)
-    _save_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
-    strategy = make_strategy(cfg.strategy, cfg.num_gpus or None)
-    loop_kwargs = dict(loop_kwargs or {})
-    loop_kwargs.setdefault("checkpoint_every_seconds", cfg.checkpoint_every_seconds)
-    loop_kwargs.setdefault("checkpoint_every_steps", cfg.checkpoint_every_steps)
+    run_dir, strategy, loop_kwargs = _open_run(cfg, loop_kwargs)
     train, heldout = load_dataset(cfg, run_dir)
     _seed(cfg, 30)
     flow, prior, seconds = _flow_stage(cfg, run_dir, strategy, train, loop_kwargs)
