@@ -52,6 +52,11 @@ class RunConfig:
     seed: int = 0
     holdout_per_class: int = 100
     max_train_images: int = 0
+    # Fixed random affine copies of each training image (dibigan_tf/data/augment.py), queried
+    # through F once each and added to the attacker's (image, feature) pairs of the stages named
+    # in augment_stages (any of "student", "flow", "gan"); 0: none.
+    augment_copies: int = 0
+    augment_stages: str = "student,gan"
     eval_positive_pairs: int = 3000
     eval_negative_pairs: int = 3000
     checkpoint_every_seconds: float = 120.0

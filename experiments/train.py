@@ -35,6 +35,11 @@ flags.DEFINE_integer("seed", 0, "Seed of the split, pairs and every stage.")
 flags.DEFINE_integer("holdout_per_class", 100, "Held-out digits per class (never trained on).")
 flags.DEFINE_integer("max_train_images", 0, "Use only this many training images (0: all); for "
                      "quick runs and tests.")
+flags.DEFINE_integer("augment_copies", 0, "Fixed random affine copies of each training image, "
+                     "each queried through F once, added to the attacker's (image, feature) "
+                     "pairs (0: none).")
+flags.DEFINE_list("augment_stages", ["student", "gan"], "Stages that train on the augmented "
+                  "pairs: any of student, flow, gan.")
 flags.DEFINE_integer("eval_positive_pairs", 3000, "Positive verification pairs.")
 flags.DEFINE_integer("eval_negative_pairs", 3000, "Negative verification pairs.")
 flags.DEFINE_float("checkpoint_every_seconds", 120.0, "Checkpoint period (seconds).")
@@ -136,6 +141,7 @@ def build_config():
         data_dir=FLAGS.data_dir, mode=FLAGS.mode, strategy=FLAGS.strategy,
         num_gpus=FLAGS.num_gpus, seed=FLAGS.seed, holdout_per_class=FLAGS.holdout_per_class,
         max_train_images=FLAGS.max_train_images,
+        augment_copies=FLAGS.augment_copies, augment_stages=",".join(FLAGS.augment_stages),
         eval_positive_pairs=FLAGS.eval_positive_pairs,
         eval_negative_pairs=FLAGS.eval_negative_pairs,
         checkpoint_every_seconds=FLAGS.checkpoint_every_seconds,

@@ -30,6 +30,8 @@ def evaluate_reconstructions(real_features, recon_features, labels, centroid_fea
     (the training split). Returns a flat dict of floats.
     """
     idx_a, idx_b, is_same = ver.make_pairs(labels, num_positive, num_negative, seed=seed)
+    predicted = ver.nearest_centroid_labels(recon_features, labels, centroid_features,
+                                            centroid_labels)
     real = ver.verification_metrics(real_features[idx_a], real_features[idx_b], is_same,
                                     fars=fars)
     recon = ver.reconstruction_protocol(real_features, recon_features, idx_a, idx_b, is_same,
@@ -41,8 +43,7 @@ def evaluate_reconstructions(real_features, recon_features, labels, centroid_fea
         "real_verification_accuracy_std": real["accuracy_std"],
         "recon_verification_accuracy": recon["accuracy"],
         "recon_verification_accuracy_std": recon["accuracy_std"],
-        "recon_class_agreement": ver.nearest_centroid_agreement(
-            recon_features, labels, centroid_features, centroid_labels),
+        "recon_class_agreement": float(np.mean(predicted == np.asarray(labels))),
         "real_class_agreement": ver.nearest_centroid_agreement(
             real_features, labels, centroid_features, centroid_labels),
         "feature_cosine_mean": float(np.mean(ver.cosine_similarity_rows(recon_features,
@@ -52,7 +53,25 @@ def evaluate_reconstructions(real_features, recon_features, labels, centroid_fea
         key = ver.far_key(far)
         out[f"real_{key}"] = real[key]
         out[f"recon_{key}"] = recon[key]
+    classes = np.unique(np.concatenate([np.asarray(labels), np.asarray(centroid_labels)]))
+    if classes.size <= MAX_CONFUSION_CLASSES:
+        out["recon_class_confusion"] = class_confusion(labels, predicted, classes)
     return out
+
+
+# A confusion table is kept in the report for a few classes (digits), not for face identities.
+MAX_CONFUSION_CLASSES = 20
+
+
+def class_confusion(labels, predicted, classes) -> dict:
+    """{"classes": [...], "counts": rows = source class, columns = the class F's nearest
+    centroid gives its reconstruction}; JSON-ready."""
+    classes = np.asarray(classes)
+    index = {c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)}
+    counts = np.zeros((classes.size, classes.size), np.int64)
+    for truth, guess in zip(np.asarray(labels), np.asarray(predicted)):
+        counts[index[truth.item()], index[guess.item()]] += 1
+    return {"classes": [c.item() for c in classes], "counts": counts.tolist()}
 
 
 def reconstruction_figure(inputs, recons, labels, per_class=8, scale=2):
@@ -100,6 +119,18 @@ def write_report(report_dir, metrics: dict, figure: np.ndarray, title: str, note
     lines += ["", f"Reconstructions lose **{100 * gap:.2f} points** of verification accuracy "
               f"against real held-out images ({metrics.get('num_pairs_positive', '?')} positive "
               f"and {metrics.get('num_pairs_negative', '?')} negative pairs, 10 folds).", ""]
+    confusion = metrics.get("recon_class_confusion")
+    if confusion:
+        names = [str(c) for c in confusion["classes"]]
+        lines += ["## Where reconstructions go", "",
+                  "Rows: the held-out input's class; columns: the class whose centroid F puts "
+                  "its reconstruction nearest to.", "",
+                  "| class | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]
+        for name, row in zip(names, confusion["counts"]):
+            lines.append(f"| {name} | " + " | ".join(
+                f"**{v}**" if other == name else str(v) for other, v in zip(names, row)) + " |")
+        lines.append("")
     lines += ["## Seconds per stage", "", "| stage | seconds |", "|---|---|"]
     for stage, seconds in metrics["seconds"].items():
         lines.append(f"| {stage} | {seconds:.1f} |")

@@ -578,6 +578,13 @@ def reconstruction_protocol(real_embeddings, recon_embeddings, idx_a, idx_b, is_
     return verification_metrics(emb_a, emb_b, s, num_folds=num_folds, fars=fars)
 
 
+def nearest_centroid_labels(embeddings, labels, centroid_embeddings,
+                            centroid_labels) -> np.ndarray:
+    """The label of each row's nearest class centroid (by cosine); see
+    `nearest_centroid_agreement` for the arguments, checks and tie rule."""
+    return _nearest_centroid(embeddings, labels, centroid_embeddings, centroid_labels)[1]
+
+
 def nearest_centroid_agreement(embeddings, labels, centroid_embeddings,
                                centroid_labels) -> float:
     """Fraction of rows whose nearest class centroid (by cosine) has their label.
@@ -599,6 +606,13 @@ def nearest_centroid_agreement(embeddings, labels, centroid_embeddings,
       ValueError: on shape mismatch, NaN/Inf, empty inputs, or a query label
         that has no centroid.
     """
+    query_labels, nearest = _nearest_centroid(embeddings, labels, centroid_embeddings,
+                                              centroid_labels)
+    return float(np.mean(nearest == query_labels))
+
+
+def _nearest_centroid(embeddings, labels, centroid_embeddings, centroid_labels):
+    """(query labels, nearest centroid labels), both [n], after every check."""
     q = _as_float_array(embeddings, "embeddings", ndim=2)
     c = _as_float_array(centroid_embeddings, "centroid_embeddings", ndim=2)
     ql = np.asarray(labels)
@@ -623,4 +637,4 @@ def nearest_centroid_agreement(embeddings, labels, centroid_embeddings,
     np.add.at(sums, cinv, l2_normalize(c))
     centroids = l2_normalize(sums / np.bincount(cinv)[:, None])
     nearest = np.argmax(l2_normalize(q) @ centroids.T, axis=1)
-    return float(np.mean(classes[nearest] == ql))
+    return ql, classes[nearest]

@@ -19,6 +19,7 @@ from absl import logging
 from PIL import Image
 
 from dibigan_tf.config import RunConfig
+from dibigan_tf.data.augment import affine_copies, concatenate
 from dibigan_tf.data.digits import balanced_holdout_split, load_embedded_digits
 from dibigan_tf.evaluation.verification import (cosine_similarity_rows,
                                                  nearest_centroid_agreement)
@@ -80,7 +81,7 @@ def run_blackbox(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     metrics.update(ctx.flow_metrics)
     metrics["student_cosine_heldout"] = ctx.student_cosine
     metrics["blackbox_queries"] = store.total_queries
-    metrics["blackbox_queries_training_images"] = len(train) + len(heldout)
+    metrics["blackbox_queries_training_images"] = len(ctx.attack) + len(heldout)
     metrics["seconds"] = seconds
     metrics["seconds_total"] = float(sum(seconds.values()))
     metrics["run"] = cfg.run_name
@@ -128,14 +129,20 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
     store = FeatureStore(os.path.join(run_dir, "features"), matcher)
     train_features = store.features(train.images)
     held_features = store.features(heldout.images)
+    attack, attack_features = _augmented_pairs(cfg, train, train_features, store)
     seconds["features"] = time.time() - start
     logging.info("features: %d stored, %d queries in this session", len(store),
                  store.session_queries)
+    uses = _augment_stages(cfg)
+    pick = {name: (attack, attack_features) if name in uses else (train, train_features)
+            for name in ("student", "flow", "gan")}
 
     # 4. the student F^S (Eq. 6)
     s = cfg.student
     _seed(cfg, 20)
-    student, _ = train_student(run_dir, strategy, train.images, train_features, depth=s.depth,
+    student_set, student_features = pick["student"]
+    student, _ = train_student(run_dir, strategy, student_set.images, student_features,
+                               depth=s.depth,
                                width=s.width, epochs=s.epochs, batch_size=s.batch_size,
                                learning_rate=s.learning_rate, max_shift=s.max_shift,
                                seed=cfg.seed + 1, **loop_kwargs)
@@ -145,13 +152,14 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
 
     # 5. the bijection H (class-conditional log-likelihood), or the one trained on its own
     _seed(cfg, 30)
-    flow, prior, flow_seconds = _flow_stage(cfg, run_dir, strategy, train, loop_kwargs)
+    flow, prior, flow_seconds = _flow_stage(cfg, run_dir, strategy, pick["flow"][0], loop_kwargs)
     seconds["flow"] = flow_seconds
     flow_metrics = evaluate_flow(flow, prior, heldout.images, heldout.labels)
 
     # 6. G and D
     _seed(cfg, 40)
-    trainer = GanTrainer(run_dir, strategy, cfg.gan, train.images, train_features, train.labels,
+    gan_set, gan_features = pick["gan"]
+    trainer = GanTrainer(run_dir, strategy, cfg.gan, gan_set.images, gan_features, gan_set.labels,
                          student=student if cfg.gan.use_distill else None,
                          flow=flow if cfg.gan.use_biject else None)
     trainer.train(stop_after_steps=cfg.stop_after_steps, **loop_kwargs)
@@ -159,9 +167,31 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
 
     return RunContext(cfg=cfg, run_dir=run_dir, strategy=strategy, loop_kwargs=loop_kwargs,
                       train=train, heldout=heldout, store=store, matcher=matcher,
+                      attack=attack, gan_pairs=pick["gan"],
                       train_features=train_features, held_features=held_features,
                       student=student, student_cosine=student_cos, flow=flow, prior=prior,
                       flow_metrics=flow_metrics, trainer=trainer, seconds=seconds)
+
+
+def _augment_stages(cfg: RunConfig) -> set:
+    names = {n.strip() for n in cfg.augment_stages.split(",") if n.strip()}
+    unknown = names - {"student", "flow", "gan"}
+    if unknown:
+        raise TrainingError(f"--augment_stages: unknown stage(s) {sorted(unknown)}; choose from "
+                            f"student, flow, gan")
+    return names
+
+
+def _augmented_pairs(cfg: RunConfig, train, train_features, store):
+    """The attacker's (images, features): the training split plus `augment_copies` fixed affine
+    copies of each training image, every copy queried through F once (the store)."""
+    if not cfg.augment_copies:
+        return train, train_features
+    extra = affine_copies(train, cfg.augment_copies, cfg.seed)
+    logging.info("augmentation: %d affine copies of the %d training images", len(extra),
+                 len(train))
+    return (concatenate(train, extra),
+            np.concatenate([train_features, store.features(extra.images)]))
 
 
 def _open_run(cfg: RunConfig, loop_kwargs: dict | None):
@@ -213,8 +243,9 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     ctx = train_stages(cfg, loop_kwargs)
     without_cfg = dataclasses.replace(cfg.gan, use_biject=False)
     _seed(cfg, 40)   # the same initial G and D as the run's own G
-    without = GanTrainer(ctx.run_dir, ctx.strategy, without_cfg, ctx.train.images,
-                         ctx.train_features, ctx.train.labels, student=ctx.student,
+    gan_set, gan_features = ctx.gan_pairs
+    without = GanTrainer(ctx.run_dir, ctx.strategy, without_cfg, gan_set.images,
+                         gan_features, gan_set.labels, student=ctx.student,
                          name="gan_without_biject")
     without.train(**ctx.loop_kwargs)
 

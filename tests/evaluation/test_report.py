@@ -32,6 +32,19 @@ def test_evaluate_reconstructions_perfect_vs_wrong_class():
     assert wrong["feature_cosine_mean"] < 0.1
     assert wrong["recon_verification_accuracy"] < 0.6
     assert wrong["num_pairs_positive"] == 300 and wrong["num_pairs_negative"] == 300
+    # where they went: every class into the next one (index + 25 rows = class + 1 mod 4)
+    assert perfect["recon_class_confusion"] == {"classes": [0, 1, 2, 3],
+                                                "counts": (np.eye(4, dtype=int) * 25).tolist()}
+    assert wrong["recon_class_confusion"]["counts"] == (
+        np.roll(np.eye(4, dtype=int), 1, axis=1) * 25).tolist()
+
+
+def test_confusion_is_left_out_for_many_identities():
+    labels = np.repeat(np.arange(30), 4)
+    real = _clustered(labels, dim=32)
+    out = evaluate_reconstructions(real, real.copy(), labels, real, labels, num_positive=50,
+                                   num_negative=50, seed=0)
+    assert "recon_class_confusion" not in out and out["recon_class_agreement"] == 1.0
 
 
 def test_reconstruction_figure_rows_per_class():
@@ -57,6 +70,11 @@ def test_write_report_contents(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "2.00 points" in text and "| gan | 300.0 |" in text
     assert "reconstructions.png" in text and "`recon_class_agreement` | 0.9700" in text
+    assert "Where reconstructions go" not in text
+    metrics["recon_class_confusion"] = {"classes": [0, 1], "counts": [[5, 1], [0, 6]]}
+    write_report(str(tmp_path / "c"), metrics, fig, title="t")
+    text = (tmp_path / "c" / "report.md").read_text()
+    assert "| 0 | **5** | 1 |" in text and "| 1 | 0 | **6** |" in text
     bad = {k: v for k, v in metrics.items() if k != "blackbox_queries"}
     with pytest.raises(ValueError, match="blackbox_queries"):
         write_report(str(tmp_path / "x"), bad, fig, title="t")

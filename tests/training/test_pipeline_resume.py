@@ -20,6 +20,7 @@ TINY = [
     "--stable_images=64,1024", "--fade_images=0,64", "--batch_sizes=16,16",
     "--eval_positive_pairs=300", "--eval_negative_pairs=300",
     "--checkpoint_every_steps=1", "--log_every=1", "--image_every=20",
+    "--augment_copies=1", "--augment_stages=student,gan",
 ]
 
 
@@ -81,8 +82,10 @@ def test_sigkill_in_gan_stage_resumes_from_last_checkpoint(tmp_path):
                 "recon_class_agreement", "feature_cosine_mean", "blackbox_queries", "seconds",
                 "flow_bits_per_dim"):
         assert key in metrics
-    # every image queried once, ever: 400 training + 200 held-out, then 200 reconstructions
-    assert metrics["blackbox_queries"] == 400 + 200 + 200
+    # every image queried once, ever: 400 training + 400 affine copies + 200 held-out, then 200
+    # reconstructions (the resumed run drew the same copies and queried none of them again)
+    assert metrics["blackbox_queries"] == 400 + 400 + 200 + 200
+    assert metrics["blackbox_queries_training_images"] == 400 + 400 + 200
     assert set(metrics["seconds"]) >= {"matcher", "student", "flow", "gan", "evaluate"}
     assert (run_dir / "report" / "reconstructions.png").exists()
     assert "recon_verification_accuracy" in (run_dir / "report" / "report.md").read_text()

@@ -1,0 +1,77 @@
+"""More images for the attacker: fixed, seeded random affine copies of its training images.
+
+In blackbox mode the attacker owns a set of images and may query the matcher F on them. A copy of
+a training digit that is slightly rotated, scaled, sheared and moved is one more image of the same
+identity (class): queried through F once, like every image (the feature store keys images by
+content), it gives one more (image, feature) pair for the student F^S and for G. The copies are
+drawn once from `seed` and never change, so a resumed run queries nothing new.
+
+The transform is about the image centre (MNIST digits are centred by their centre of mass), with
+bilinear resampling: rotation in [-max_rotation, max_rotation] degrees, isotropic scale in
+[1 - max_scale, 1 + max_scale], horizontal shear in [-max_shear, max_shear] and a translation of
+up to max_shift pixels in each direction.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+from dibigan_tf.data.digits import DataError, ImageSet
+
+
+def random_affine_params(rng, max_rotation=12.0, max_scale=0.1, max_shear=0.15, max_shift=1.0):
+    """One draw: (rotation radians, scale, shear, dx, dy)."""
+    return (math.radians(rng.uniform(-max_rotation, max_rotation)),
+            1.0 + rng.uniform(-max_scale, max_scale),
+            rng.uniform(-max_shear, max_shear),
+            rng.uniform(-max_shift, max_shift),
+            rng.uniform(-max_shift, max_shift))
+
+
+def affine_image(image, rotation, scale, shear, dx, dy):
+    """Applies the forward map p' = c + A (p - c) + t to one uint8 [H, W, C] image.
+
+    A = scale * R(rotation) @ [[1, shear], [0, 1]]; PIL wants the inverse map (output pixel ->
+    input pixel), which is computed here. PIL puts pixel centres at half-integers, so the image
+    centre is (W/2, H/2) in its coordinates.
+    """
+    h, w, c = image.shape
+    cx, cy = w / 2.0, h / 2.0
+    cos, sin = math.cos(rotation), math.sin(rotation)
+    a = np.array([[cos, -sin], [sin, cos]]) @ np.array([[1.0, shear], [0.0, 1.0]]) * scale
+    inv = np.linalg.inv(a)
+    offset = np.array([cx, cy]) - inv @ (np.array([cx, cy]) + np.array([dx, dy]))
+    coeffs = (inv[0, 0], inv[0, 1], offset[0], inv[1, 0], inv[1, 1], offset[1])
+    channels = []
+    for k in range(c):
+        pil = Image.fromarray(image[:, :, k], mode="L")
+        out = pil.transform((w, h), Image.Transform.AFFINE, coeffs,
+                            resample=Image.Resampling.BILINEAR, fillcolor=0)
+        channels.append(np.asarray(out, dtype=np.uint8))
+    return np.stack(channels, axis=-1)
+
+
+def affine_copies(images: ImageSet, copies: int, seed: int, **ranges) -> ImageSet:
+    """`copies` random affine copies of every image (copy-major order: all images' first copy,
+    then all second copies...), with the labels of their sources. copies=0 gives an empty set."""
+    if copies < 0:
+        raise DataError(f"the number of augmented copies must be >= 0, got {copies}")
+    rng = np.random.default_rng([seed, 7919])
+    n = len(images)
+    out = np.zeros((copies * n,) + images.image_shape, np.uint8)
+    for k in range(copies):
+        for i in range(n):
+            out[k * n + i] = affine_image(images.images[i], *random_affine_params(rng, **ranges))
+    return ImageSet(out, np.tile(images.labels, copies), list(images.class_names))
+
+
+def concatenate(*sets: ImageSet) -> ImageSet:
+    """One ImageSet from several with the same class names and image shape."""
+    first = sets[0]
+    for other in sets[1:]:
+        if other.class_names != first.class_names or other.image_shape != first.image_shape:
+            raise DataError("cannot join image sets with different classes or image shapes")
+    return ImageSet(np.concatenate([s.images for s in sets]),
+                    np.concatenate([s.labels for s in sets]), list(first.class_names))
