@@ -199,12 +199,40 @@ def _open_run(cfg: RunConfig, loop_kwargs: dict | None):
     arguments with the run's checkpoint periods)."""
     run_dir = os.path.join(cfg.checkpoint_dir, cfg.run_name)
     os.makedirs(run_dir, exist_ok=True)
-    _save_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
+    config_path = os.path.join(run_dir, "config.json")
+    if os.path.exists(config_path):
+        with open(config_path) as handle:
+            changed = config_changes(json.load(handle), json.loads(json.dumps(
+                cfg.to_dict(), default=str)))
+        if changed:
+            logging.warning("run %s was started with other settings; finished stages keep "
+                            "theirs, later stages use the new ones: %s", cfg.run_name,
+                            "; ".join(changed))
+    _save_json(config_path, cfg.to_dict())
     strategy = make_strategy(cfg.strategy, cfg.num_gpus or None)
     loop_kwargs = dict(loop_kwargs or {})
     loop_kwargs.setdefault("checkpoint_every_seconds", cfg.checkpoint_every_seconds)
     loop_kwargs.setdefault("checkpoint_every_steps", cfg.checkpoint_every_steps)
     return run_dir, strategy, loop_kwargs
+
+
+# Settings that change how a run is driven, not what it trains.
+_DRIVING_KEYS = {"stop_after_steps", "checkpoint_every_seconds", "checkpoint_every_steps",
+                 "log_every", "image_every", "checkpoint_dir"}
+
+
+def config_changes(old: dict, new: dict, prefix="") -> list:
+    """["key: old -> new", ...] for the training settings that differ between two configs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in _DRIVING_KEYS:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, prefix + key + ".")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a} -> {b}")
+    return out
 
 
 def _extra_report_keys(report_dir, run_dir):

@@ -57,13 +57,3 @@ def test_bad_copies_and_mismatched_sets_are_refused():
         concatenate(data, rgb)
     joined = concatenate(data, data)
     assert len(joined) == 8 and joined.labels.tolist() == data.labels.tolist() * 2
-
-
-def test_unknown_augment_stage_is_a_one_line_error():
-    from dibigan_tf.config import RunConfig
-    from dibigan_tf.training.common import TrainingError
-    from dibigan_tf.training.pipeline import _augment_stages
-    assert _augment_stages(RunConfig(augment_stages="student, gan")) == {"student", "gan"}
-    assert _augment_stages(RunConfig(augment_stages="")) == set()
-    with pytest.raises(TrainingError, match="unknown stage.*'matcher'"):
-        _augment_stages(RunConfig(augment_stages="student,matcher"))
