@@ -27,7 +27,8 @@ def evaluate_reconstructions(real_features, recon_features, labels, centroid_fea
 
     real_features[i]: F(x_i) of held-out image i; recon_features[i]: F(G(F(x_i))); labels[i]: its
     identity. Centroids (for class agreement) come from `centroid_features`/`centroid_labels`
-    (the training split). Returns a flat dict of floats.
+    (the training split). Returns a dict of floats, plus `recon_class_confusion` (see
+    `class_confusion`) when there are at most MAX_CONFUSION_CLASSES classes.
     """
     idx_a, idx_b, is_same = ver.make_pairs(labels, num_positive, num_negative, seed=seed)
     predicted = ver.nearest_centroid_labels(recon_features, labels, centroid_features,
@@ -53,7 +54,7 @@ def evaluate_reconstructions(real_features, recon_features, labels, centroid_fea
         key = ver.far_key(far)
         out[f"real_{key}"] = real[key]
         out[f"recon_{key}"] = recon[key]
-    classes = np.unique(np.concatenate([np.asarray(labels), np.asarray(centroid_labels)]))
+    classes = np.unique(centroid_labels)     # every label has a centroid (checked above)
     if classes.size <= MAX_CONFUSION_CLASSES:
         out["recon_class_confusion"] = class_confusion(labels, predicted, classes)
     return out
@@ -66,11 +67,9 @@ MAX_CONFUSION_CLASSES = 20
 def class_confusion(labels, predicted, classes) -> dict:
     """{"classes": [...], "counts": rows = source class, columns = the class F's nearest
     centroid gives its reconstruction}; JSON-ready."""
-    classes = np.asarray(classes)
-    index = {c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)}
+    classes = np.asarray(classes)          # sorted (np.unique), so searchsorted indexes it
     counts = np.zeros((classes.size, classes.size), np.int64)
-    for truth, guess in zip(np.asarray(labels), np.asarray(predicted)):
-        counts[index[truth.item()], index[guess.item()]] += 1
+    np.add.at(counts, (np.searchsorted(classes, labels), np.searchsorted(classes, predicted)), 1)
     return {"classes": [c.item() for c in classes], "counts": counts.tolist()}
 
 

@@ -66,6 +66,9 @@ class GanConfig:
     log_every: int = 50
     image_every: int = 500
     jit_compile: bool = False
+    # Stable phases read the real images' F^S/H outputs from a per-phase cache (see
+    # GanTrainer.uses_cached_targets); False computes them in every step (same losses, slower).
+    cache_real_targets: bool = True
 
     def schedule(self) -> ProgressiveSchedule:
         return ProgressiveSchedule(self.num_blocks, self.start_resolution,
@@ -292,7 +295,8 @@ class GanTrainer:
         (the average-pooled image, no alpha blend), so its F^S outputs and H latent are computed
         once per phase (`real_targets`) instead of at every step: the same losses, two fewer
         network passes per step. Fade-ins blend by alpha and compute them in the step."""
-        return not phase.fade and (self.cfg.use_distill or self.cfg.use_biject)
+        return (self.cfg.cache_real_targets and not phase.fade
+                and (self.cfg.use_distill or self.cfg.use_biject))
 
     def real_targets(self, resolution, batch_size=200) -> dict:
         """{"target_student_j": F^S outputs, "target_flow": H latents} of every training image

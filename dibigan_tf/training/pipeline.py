@@ -81,7 +81,7 @@ def run_blackbox(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     metrics.update(ctx.flow_metrics)
     metrics["student_cosine_heldout"] = ctx.student_cosine
     metrics["blackbox_queries"] = store.total_queries
-    metrics["blackbox_queries_training_images"] = len(ctx.attack) + len(heldout)
+    metrics["blackbox_queries_training_images"] = len(ctx.attack_features) + len(heldout)
     metrics["seconds"] = seconds
     metrics["seconds_total"] = float(sum(seconds.values()))
     metrics["run"] = cfg.run_name
@@ -129,11 +129,15 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
     store = FeatureStore(os.path.join(run_dir, "features"), matcher)
     train_features = store.features(train.images)
     held_features = store.features(heldout.images)
-    attack, attack_features = _augmented_pairs(cfg, train, train_features, store)
+    uses = _augment_stages(cfg)
+    attack = _attack_images(cfg, train)
+    attack_features = train_features
+    if len(attack) > len(train) and uses & {"student", "gan"}:   # H needs no features
+        attack_features = np.concatenate([train_features,
+                                          store.features(attack.images[len(train):])])
     seconds["features"] = time.time() - start
     logging.info("features: %d stored, %d queries in this session", len(store),
                  store.session_queries)
-    uses = _augment_stages(cfg)
     pick = {name: (attack, attack_features) if name in uses else (train, train_features)
             for name in ("student", "flow", "gan")}
 
@@ -167,7 +171,7 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
 
     return RunContext(cfg=cfg, run_dir=run_dir, strategy=strategy, loop_kwargs=loop_kwargs,
                       train=train, heldout=heldout, store=store, matcher=matcher,
-                      attack=attack, gan_pairs=pick["gan"],
+                      attack_features=attack_features, gan_pairs=pick["gan"],
                       train_features=train_features, held_features=held_features,
                       student=student, student_cosine=student_cos, flow=flow, prior=prior,
                       flow_metrics=flow_metrics, trainer=trainer, seconds=seconds)
@@ -182,21 +186,22 @@ def _augment_stages(cfg: RunConfig) -> set:
     return names
 
 
-def _augmented_pairs(cfg: RunConfig, train, train_features, store):
-    """The attacker's (images, features): the training split plus `augment_copies` fixed affine
-    copies of each training image, every copy queried through F once (the store)."""
+def _attack_images(cfg: RunConfig, train):
+    """The attacker's images: the training split, then `augment_copies` fixed affine copies of
+    each training image (the copies are drawn again from the seed on every start; they are the
+    same images, so the store queries none of them twice)."""
     if not cfg.augment_copies:
-        return train, train_features
+        return train
     extra = affine_copies(train, cfg.augment_copies, cfg.seed)
     logging.info("augmentation: %d affine copies of the %d training images", len(extra),
                  len(train))
-    return (concatenate(train, extra),
-            np.concatenate([train_features, store.features(extra.images)]))
+    return concatenate(train, extra)
 
 
 def _open_run(cfg: RunConfig, loop_kwargs: dict | None):
     """(run dir, created, with this run's config.json; the strategy; the loop's keyword
     arguments with the run's checkpoint periods)."""
+    _augment_stages(cfg)   # a bad stage name stops the run before anything trains
     run_dir = os.path.join(cfg.checkpoint_dir, cfg.run_name)
     os.makedirs(run_dir, exist_ok=True)
     config_path = os.path.join(run_dir, "config.json")
@@ -218,7 +223,7 @@ def _open_run(cfg: RunConfig, loop_kwargs: dict | None):
 
 # Settings that change how a run is driven, not what it trains.
 _DRIVING_KEYS = {"stop_after_steps", "checkpoint_every_seconds", "checkpoint_every_steps",
-                 "log_every", "image_every", "checkpoint_dir"}
+                 "log_every", "image_every", "checkpoint_dir", "cache_real_targets"}
 
 
 def config_changes(old: dict, new: dict, prefix="") -> list:
@@ -359,8 +364,10 @@ def run_flow(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     later run loads this H with `--flow_from_run=<run dir>`."""
     run_dir, strategy, loop_kwargs = _open_run(cfg, loop_kwargs)
     train, heldout = load_dataset(cfg, run_dir)
+    # H needs no features, so its affine copies (when "flow" is an augmented stage) cost no query
+    flow_set = _attack_images(cfg, train) if "flow" in _augment_stages(cfg) else train
     _seed(cfg, 30)
-    flow, prior, seconds = _flow_stage(cfg, run_dir, strategy, train, loop_kwargs)
+    flow, prior, seconds = _flow_stage(cfg, run_dir, strategy, flow_set, loop_kwargs)
     metrics = evaluate_flow(flow, prior, heldout.images, heldout.labels)
     metrics["flow_train_bits_per_dim"] = evaluate_flow(
         flow, prior, train.images[:len(heldout)], train.labels[:len(heldout)])["flow_bits_per_dim"]
