@@ -13,6 +13,22 @@ class MatcherConfig:
     epochs: int = 8
     batch_size: int = 128
     learning_rate: float = 1e-3
+    # Adapters other than lenet (dibigan_tf/matchers/registry.py)
+    path: str = ""              # keras/savedmodel/onnx model file or directory
+    url: str = ""               # http endpoint
+    embedding_dim: int = 0      # http: length of the vectors
+    http_format: str = "json"
+    timeout: float = 30.0
+    retries: int = 3            # http: retries with exponential backoff
+    query_budget: int = 0       # http: images it may send in this process (0: no limit)
+    input_size: int = 0         # the matcher's input size when it cannot say (0: the crops')
+    input_range: str = "minus1_1"   # keras/savedmodel: what pixel range the model expects
+    layout: str = ""            # onnx: nchw/nhwc (empty: read from the model)
+    mean: float = 127.5         # onnx: (x - mean) / std
+    std: float = 127.5
+    channel_order: str = "rgb"
+    chip: str = "aligned"       # dlib: images are aligned chips, or run dlib's landmark step
+    num_jitters: int = 0        # dlib
 
 
 @dataclasses.dataclass
@@ -46,6 +62,16 @@ class RunConfig:
     checkpoint_dir: str = "checkpoints"
     dataset: str = "digits"
     data_dir: str = ""
+    # faces: aligned crop size (what the matcher sees), training size of F^S, H, G (0: the
+    # dataset's own), share of the people held out, alignment rules and cache
+    align_size: int = 150
+    image_size: int = 0
+    heldout_fraction: float = 0.25
+    align_multiple: str = "largest"
+    align_none: str = "skip"
+    align_cache_dir: str = ""
+    pairs: str = ""
+    feature_store_dir: str = ""     # default: <checkpoint_dir>/features (lenet: inside the run)
     mode: str = "blackbox"
     strategy: str = "default"
     num_gpus: int = 0

@@ -19,16 +19,55 @@ FLAGS = flags.FLAGS
 # run
 flags.DEFINE_string("run_name", "digits-blackbox", "Run folder under --checkpoint_dir.")
 flags.DEFINE_string("checkpoint_dir", "checkpoints", "Where runs are written.")
-flags.DEFINE_enum("dataset", "digits", ["digits"], "Training data (digits: embedded MNIST).")
-flags.DEFINE_string("data_dir", "", "Image root for face datasets.")
+flags.DEFINE_enum("dataset", "digits", ["digits", "faces"], "Training data (digits: embedded "
+                  "MNIST; faces: identity folders under --data_dir, aligned by dlib).")
+flags.DEFINE_string("data_dir", "", "Image root for face datasets (<root>/<identity>/<image>, "
+                    "or <root>/images/<identity>/<image> as LFW). Setting it selects "
+                    "--dataset=faces.")
+flags.DEFINE_integer("align_size", 150, "faces: size of the aligned crops (dlib's face chip: "
+                     "150), what the matcher sees.")
+flags.DEFINE_integer("image_size", 0, "Size F^S, H and G train on (faces: 64 on a CPU, 128 as "
+                     "in the paper's figures; 0: the dataset's own).")
+flags.DEFINE_float("heldout_fraction", 0.25, "faces: share of the people held out (no network "
+                   "trains on them).")
+flags.DEFINE_enum("align_multiple", "largest", ["largest", "central"], "faces: which face of a "
+                  "photo with several.")
+flags.DEFINE_enum("align_none", "skip", ["skip", "center_crop"], "faces: a photo without a "
+                  "detected face is skipped (and counted) or centre-cropped.")
+flags.DEFINE_string("align_cache_dir", "", "Aligned-crop cache (default <checkpoint_dir>/aligned).")
+flags.DEFINE_string("feature_store_dir", "", "Feature store of matchers opened from a file or "
+                    "service (default <checkpoint_dir>/features; shared by runs).")
+flags.DEFINE_string("pairs", "", "An LFW pairs file: its pairs among held-out people are "
+                    "also scored.")
 flags.DEFINE_enum("mode", "blackbox", ["blackbox"], "blackbox: F^S is distilled from F.")
-flags.DEFINE_enum("matcher", "lenet", ["lenet"], "The matcher F under attack.")
+flags.DEFINE_enum("matcher", "lenet", ["lenet", "keras", "savedmodel", "onnx", "dlib", "http"],
+                  "The matcher F under attack (lenet: trained here on the digits).")
+flags.DEFINE_string("matcher_path", "", "keras/savedmodel/onnx: the model file or directory.")
+flags.DEFINE_string("matcher_url", "", "http: the endpoint (see dibigan_tf/matchers/http.py).")
+flags.DEFINE_integer("matcher_embedding_dim", 0, "http: length of the returned vectors.")
+flags.DEFINE_enum("matcher_http_format", "json", ["json", "npy"], "http: request format.")
+flags.DEFINE_float("matcher_timeout", 30.0, "http: seconds per request.")
+flags.DEFINE_integer("matcher_retries", 3, "http: retries (exponential backoff) per request.")
+flags.DEFINE_integer("matcher_query_budget", 0, "http: images it may send (0: no limit).")
+flags.DEFINE_integer("matcher_input_size", 0, "The matcher's input size when it cannot say "
+                     "(0: the aligned crops').")
+flags.DEFINE_enum("matcher_input_range", "minus1_1", ["minus1_1", "zero_1", "raw", "arcface"],
+                  "keras/savedmodel: the pixel range the model expects.")
+flags.DEFINE_enum("matcher_layout", "", ["", "nchw", "nhwc"], "onnx: input layout (empty: "
+                  "from the model).")
+flags.DEFINE_float("matcher_mean", 127.5, "onnx: (x - mean) / std normalisation.")
+flags.DEFINE_float("matcher_std", 127.5, "onnx: (x - mean) / std normalisation.")
+flags.DEFINE_enum("matcher_channel_order", "rgb", ["rgb", "bgr"], "onnx: channel order.")
+flags.DEFINE_enum("dlib_chip", "aligned", ["aligned", "landmarks"], "dlib: the images are "
+                  "aligned face chips, or dlib's landmark + chip step runs on each.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "tf.distribute strategy.")
 flags.DEFINE_integer("num_gpus", 0, "Replicas for --strategy=mirrored (0: all devices).")
 flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices (tests "
                      "and CPU runs of --strategy=mirrored).")
-flags.DEFINE_enum("stage", "all", ["all", "flow", "figure3"],
-                  "all: every stage and the report; flow: only H, with held-out bits per "
+flags.DEFINE_enum("stage", "all", ["all", "features", "student", "flow", "figure3"],
+                  "all: every stage and the report; features: only F's answers for every image, "
+                  "into the feature store; student: only F and F^S, with F^S measured "
+                  "on held-out people in <run>/student/metrics.json; flow: only H, with held-out bits per "
                   "dimension in <run>/flow/metrics.json; figure3: the paper's Figure 3 (a second "
                   "G trained without L_biject, compared with the run's G) in <run>/report/.")
 flags.DEFINE_integer("seed", 0, "Seed of the split, pairs and every stage.")
@@ -136,9 +175,22 @@ def build_config():
         condition_noise=FLAGS.condition_noise, seed=FLAGS.seed + 3,
         log_every=FLAGS.log_every, image_every=FLAGS.image_every,
         jit_compile=FLAGS.jit_compile)
+    dataset = FLAGS.dataset
+    if FLAGS.data_dir and dataset == "digits":
+        if not FLAGS["dataset"].present:
+            dataset = "faces"
+        else:
+            raise app.UsageError("--data_dir is for --dataset=faces (digits are embedded)")
+    if dataset == "faces" and FLAGS.matcher == "lenet":
+        raise app.UsageError("--dataset=faces needs a face matcher: --matcher=dlib (or onnx, "
+                             "keras, savedmodel, http)")
     return RunConfig(
-        run_name=FLAGS.run_name, checkpoint_dir=FLAGS.checkpoint_dir, dataset=FLAGS.dataset,
-        data_dir=FLAGS.data_dir, mode=FLAGS.mode, strategy=FLAGS.strategy,
+        run_name=FLAGS.run_name, checkpoint_dir=FLAGS.checkpoint_dir, dataset=dataset,
+        data_dir=FLAGS.data_dir, mode=FLAGS.mode, align_size=FLAGS.align_size,
+        image_size=FLAGS.image_size, heldout_fraction=FLAGS.heldout_fraction,
+        align_multiple=FLAGS.align_multiple, align_none=FLAGS.align_none,
+        align_cache_dir=FLAGS.align_cache_dir, pairs=FLAGS.pairs,
+        feature_store_dir=FLAGS.feature_store_dir, strategy=FLAGS.strategy,
         num_gpus=FLAGS.num_gpus, seed=FLAGS.seed, holdout_per_class=FLAGS.holdout_per_class,
         max_train_images=FLAGS.max_train_images,
         augment_copies=FLAGS.augment_copies, augment_stages=",".join(FLAGS.augment_stages),
@@ -148,7 +200,16 @@ def build_config():
         checkpoint_every_steps=FLAGS.checkpoint_every_steps,
         stop_after_steps=FLAGS.stop_after_steps,
         matcher=MatcherConfig(name=FLAGS.matcher, feature_dim=FLAGS.matcher_feature_dim,
-                              epochs=FLAGS.matcher_epochs),
+                              epochs=FLAGS.matcher_epochs, path=FLAGS.matcher_path,
+                              url=FLAGS.matcher_url,
+                              embedding_dim=FLAGS.matcher_embedding_dim,
+                              http_format=FLAGS.matcher_http_format,
+                              timeout=FLAGS.matcher_timeout, retries=FLAGS.matcher_retries,
+                              query_budget=FLAGS.matcher_query_budget,
+                              input_size=FLAGS.matcher_input_size,
+                              input_range=FLAGS.matcher_input_range, layout=FLAGS.matcher_layout,
+                              mean=FLAGS.matcher_mean, std=FLAGS.matcher_std,
+                              channel_order=FLAGS.matcher_channel_order, chip=FLAGS.dlib_chip),
         student=StudentConfig(depth=FLAGS.student_depth, width=FLAGS.student_width,
                               epochs=FLAGS.student_epochs, batch_size=FLAGS.student_batch_size),
         flow=FlowConfig(num_steps=FLAGS.flow_steps, hidden_channels=FLAGS.flow_hidden_channels,
@@ -172,9 +233,11 @@ def main(argv):
     from dibigan_tf.data.digits import DataError
     from dibigan_tf.matchers.base import MatcherError
     from dibigan_tf.training.common import StopRequested, TrainingError
-    from dibigan_tf.training.pipeline import run_blackbox, run_figure3, run_flow
+    from dibigan_tf.training.pipeline import (run_blackbox, run_features, run_figure3,
+                                             run_flow, run_student)
     try:
-        metrics = {"flow": run_flow, "figure3": run_figure3, "all": run_blackbox}[FLAGS.stage](cfg)
+        metrics = {"flow": run_flow, "figure3": run_figure3, "all": run_blackbox,
+                   "student": run_student, "features": run_features}[FLAGS.stage](cfg)
     except StopRequested as stop:
         print(f"stopped: {stop}")
         return 3
@@ -191,6 +254,13 @@ def main(argv):
         for key, value in sorted(metrics.items()):
             print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
         print(f"figure: {os.path.join(cfg.checkpoint_dir, cfg.run_name, 'report', 'figure3.png')}")
+        return 0
+    if FLAGS.stage in ("student", "features"):
+        for key, value in sorted(metrics.items()):
+            if not isinstance(value, dict):
+                print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+        if FLAGS.stage == "student":
+            print(f"metrics: {os.path.join(cfg.checkpoint_dir, cfg.run_name, 'student', 'metrics.json')}")
         return 0
     if FLAGS.stage == "flow":
         print(f"flow_bits_per_dim_mixture: {metrics['flow_bits_per_dim_mixture']:.4f}")

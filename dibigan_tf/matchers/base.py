@@ -24,6 +24,12 @@ class Matcher(abc.ABC):
     differentiable: bool = False
 
     @property
+    def store_key(self) -> str:
+        """A short, filesystem-safe key naming this specific model (not only its kind), so that
+        features of two different models never share a feature-store folder."""
+        return self.name
+
+    @property
     @abc.abstractmethod
     def input_shape(self):
         """(height, width, channels) of the images `embed` takes."""

@@ -1,6 +1,6 @@
 """The feature store: every image is sent to the blackbox matcher once, ever.
 
-Features are kept on disk in shards (`<root>/<matcher key>/shard-NNNNN.npz`, each holding the
+Features are kept on disk in shards (`<root>/<matcher.store_key>/shard-NNNNN.npz`, each holding the
 SHA-1 of the image bytes and the embedding), reused by every stage and every later run. Queries go
 out in chunks and each answered chunk is written as a shard before the next is sent, so an
 interrupted extraction resumes where it stopped and a matcher that fails mid-way loses nothing it
@@ -42,7 +42,7 @@ class FeatureStore:
     def __init__(self, root: str, matcher: Matcher, key: str | None = None,
                  chunk_size: int = 1000, progress=None):
         self.matcher = matcher
-        self.dir = os.path.join(root, key or matcher.name)
+        self.dir = os.path.join(root, key or matcher.store_key)
         os.makedirs(self.dir, exist_ok=True)
         self.chunk_size = chunk_size
         self.progress = progress

@@ -60,8 +60,11 @@ def build_student(input_shape, embedding_dim, depth="small", width=32, name="stu
     """ResNet student; returns a keras.Model images -> [tap_1, ..., tap_n, embedding].
 
     width: channels of the first stage (64 in the standard ResNets); stage k has width * 2**k.
-    Small inputs (<= 64 pixels) use a 3x3 stride-1 stem without max-pool, larger ones the
-    standard 7x7 stride-2 stem and max-pool.
+    The stem follows the input size: up to 32 pixels (digits) a 3x3 stride-1 convolution, up to
+    64 (CPU face runs) a 3x3 stride-2 one, both without max-pool (so the first stage works at
+    32x32 either way: 4x fewer operations than stride 1 at 64x64, as the standard ResNet's stem
+    also divides by 4); larger inputs (112, 128, 224 as in the paper) the standard 7x7 stride-2
+    convolution and 3x3 stride-2 max-pool.
     """
     key = depth if depth == "small" else int(depth)
     if key not in RESNET_LAYOUTS:
@@ -70,7 +73,9 @@ def build_student(input_shape, embedding_dim, depth="small", width=32, name="stu
     block = _bottleneck_block if bottleneck else _basic_block
     inputs = keras.Input(input_shape, name="images")
     if input_shape[0] <= 64:
-        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem_conv")(inputs)
+        stride = 1 if input_shape[0] <= 32 else 2
+        x = keras.layers.Conv2D(width, 3, stride, padding="same", use_bias=False,
+                                name="stem_conv")(inputs)
         x = keras.layers.ReLU(name="stem_relu")(_bn("stem_bn")(x))
     else:
         x = keras.layers.Conv2D(width, 7, 2, padding="same", use_bias=False,

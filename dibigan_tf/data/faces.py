@@ -1,0 +1,265 @@
+"""Face datasets in identity folders (`<root>/<identity>/<image>`: the layout of LFW,
+CASIA-WebFace and VGGFace2), aligned once and cached, split by person.
+
+Reading is forgiving and loud: an unreadable or truncated file, an image without a face (under
+`none="skip"`) or an empty identity folder is counted, one example of each kind is logged, and the
+run goes on with the good images. Greyscale, palette, alpha, CMYK and 16-bit images are converted
+to 8-bit RGB. No image is ever given another identity: labels come from the folder each file was
+read from, and a failed image is dropped, never replaced.
+
+Aligned crops are cached in shards under `<cache_dir>/<aligner key>/`, keyed by the file's path
+relative to the root, size and modification time, so a second run aligns nothing and an
+interrupted alignment resumes.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import hashlib
+import os
+import time
+import warnings
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from dibigan_tf.data.digits import DataError, ImageSet
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+#: images larger than this (pixels) are refused by PIL's decompression-bomb guard; we downscale
+#: them while decoding instead of failing.
+MAX_PIXELS = 40_000_000
+
+
+@dataclasses.dataclass
+class FaceSet(ImageSet):
+    """An ImageSet of aligned faces that remembers each image's file (relative to the root)."""
+
+    paths: list = dataclasses.field(default_factory=list)
+
+    def subset(self, indices) -> "FaceSet":
+        indices = np.asarray(indices, dtype=np.int64)
+        return FaceSet(self.images[indices], self.labels[indices], list(self.class_names),
+                       [self.paths[i] for i in indices])
+
+
+def scan_identity_folders(root: str):
+    """(relative paths, identity names, empty folders) of `<root>/<identity>/<image>` files,
+    sorted. A root without identity folders is a DataError."""
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: no such directory (expected <root>/<identity>/<image>)")
+    # LFW's official archive and ours keep the identity folders under images/.
+    base = os.path.join(root, "images") if os.path.isdir(os.path.join(root, "images")) else root
+    paths, names, empty = [], [], []
+    for identity in sorted(os.listdir(base)):
+        folder = os.path.join(base, identity)
+        if not os.path.isdir(folder):
+            continue
+        files = sorted(f for f in os.listdir(folder)
+                       if f.lower().endswith(IMAGE_EXTENSIONS) and
+                       os.path.isfile(os.path.join(folder, f)))
+        if not files:
+            empty.append(identity)
+            continue
+        for f in files:
+            paths.append(os.path.relpath(os.path.join(folder, f), root))
+            names.append(identity)
+    if not paths:
+        raise DataError(f"{root}: found no images in identity folders (expected "
+                        f"<root>/<identity>/<image> with one of {IMAGE_EXTENSIONS})")
+    if empty:
+        logging.warning("%d empty identity folders skipped (e.g. %s)", len(empty), empty[0])
+    return paths, names, empty
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """A file as uint8 RGB [h, w, 3]; DataError (with the reason) when it cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(path)
+                if image.width * image.height > MAX_PIXELS:
+                    scale = (MAX_PIXELS / (image.width * image.height)) ** 0.5
+                    image.draft("RGB", (int(image.width * scale), int(image.height * scale)))
+                    if image.width * image.height > MAX_PIXELS:
+                        image.thumbnail((int(image.width * scale), int(image.height * scale)))
+                image.load()
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+    except Exception as error:  # PIL raises many types for broken files
+        raise DataError(f"{path}: unreadable image ({type(error).__name__}: {error})") from None
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """8-bit RGB of any PIL mode (16-bit scaled down, alpha composited on black, CMYK converted)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        array = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(array[..., None], 3, axis=-1)
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        array = np.clip(array * (255.0 if array.max() <= 1.0 else 1.0) + 0.5, 0, 255)
+        return np.repeat(array.astype(np.uint8)[..., None], 3, axis=-1)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and
+                                              "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _record_key(root: str, rel: str) -> str:
+    stat = os.stat(os.path.join(root, rel))
+    return f"{rel}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+class AlignedCache:
+    """Shards of aligned crops keyed by (path, size, mtime); failures are cached too."""
+
+    def __init__(self, cache_dir: str, aligner_key: str):
+        self.dir = os.path.join(cache_dir, aligner_key)
+        os.makedirs(self.dir, exist_ok=True)
+        self.entries = {}
+        for shard in sorted(glob.glob(os.path.join(self.dir, "shard-*.npz"))):
+            try:
+                with np.load(shard) as data:
+                    keys, status, images = data["keys"], data["status"], data["images"]
+            except Exception as error:  # a shard cut short by a crash: align those again
+                logging.warning("%s: unreadable cache shard (%s); its images are aligned again",
+                                shard, error)
+                continue
+            for k, s, im in zip(keys, status, images):
+                self.entries[str(k)] = (str(s), im)
+
+    def add(self, keys, status, images, size):
+        stack = np.stack([im if im is not None else np.zeros((size, size, 3), np.uint8)
+                          for im in images])
+        index = len(glob.glob(os.path.join(self.dir, "shard-*.npz")))
+        path = os.path.join(self.dir, f"shard-{index:05d}.npz")
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, keys=np.array(keys), status=np.array(status), images=stack)
+        os.replace(tmp, path)
+        for k, s, im in zip(keys, status, stack):
+            self.entries[k] = (s, im)
+
+
+def load_face_folders(root: str, aligner, cache_dir: str, chunk_size: int = 500,
+                      progress=None, max_images: int = 0):
+    """Aligned faces of every identity folder under `root`; returns (FaceSet, stats).
+
+    stats counts images read, aligned, with several faces, centre-cropped, with no face and
+    unreadable, with one example path of each kind of failure.
+    """
+    paths, names, empty = scan_identity_folders(root)
+    if max_images:
+        paths, names = paths[:max_images], names[:max_images]
+    cache = AlignedCache(cache_dir, aligner.key)
+    keys = [_record_key(root, p) for p in paths]
+    todo = [i for i, k in enumerate(keys) if k not in cache.entries]
+    start = time.time()
+    for c in range(0, len(todo), chunk_size):
+        chunk = todo[c:c + chunk_size]
+        status, images = [], []
+        for i in chunk:
+            try:
+                result = aligner.align(read_rgb(os.path.join(root, paths[i])))
+                status.append(result.status)
+                images.append(result.image)
+            except DataError as error:
+                logging.warning("%s", error)
+                status.append("unreadable")
+                images.append(None)
+        cache.add([keys[i] for i in chunk], status, images, aligner.size)
+        if progress:
+            progress(min(c + chunk_size, len(todo)), len(todo), time.time() - start)
+    counts = collections.Counter()
+    examples = {}
+    kept, labels_by_name, images = [], {}, []
+    for rel, name, key in zip(paths, names, keys):
+        status, image = cache.entries[key]
+        counts[status] += 1
+        examples.setdefault(status, rel)
+        if status in ("none", "unreadable"):
+            continue
+        kept.append((rel, name))
+        images.append(image)
+    if not kept:
+        raise DataError(f"{root}: none of {len(paths)} images gave an aligned face "
+                        f"({dict(counts)})")
+    class_names = sorted({name for _, name in kept})
+    index = {name: i for i, name in enumerate(class_names)}
+    faces = FaceSet(np.stack(images).astype(np.uint8),
+                    np.array([index[name] for _, name in kept], dtype=np.int64), class_names,
+                    [rel for rel, _ in kept])
+    stats = {"images": len(paths), "aligned": len(kept),
+             "aligned_share": len(kept) / len(paths),
+             "empty_identity_folders": len(empty),
+             **{f"status_{k}": int(v) for k, v in sorted(counts.items())},
+             "examples": {k: v for k, v in examples.items() if k not in ("ok",)}}
+    for kind in ("none", "unreadable"):
+        if counts[kind]:
+            logging.warning("%d images skipped as %s (e.g. %s)", counts[kind],
+                            "having no face" if kind == "none" else kind, examples[kind])
+    return faces, stats
+
+
+def split_identities(labels: np.ndarray, heldout_fraction: float, seed: int):
+    """(train indices, held-out indices): a fixed share of the *people* is held out (never an
+    image of a training person), by a seeded permutation of the identity indices."""
+    identities = np.unique(labels)
+    if not 0.0 < heldout_fraction < 1.0:
+        raise DataError(f"heldout fraction must be in (0, 1), got {heldout_fraction}")
+    count = max(1, int(round(len(identities) * heldout_fraction)))
+    if count >= len(identities):
+        raise DataError(f"{len(identities)} identities are too few to hold out {count}")
+    digest = int(hashlib.sha1(f"split-{seed}".encode()).hexdigest()[:8], 16)
+    held = set(np.random.default_rng(digest).permutation(identities)[:count].tolist())
+    is_held = np.array([label in held for label in labels])
+    return np.flatnonzero(~is_held), np.flatnonzero(is_held)
+
+
+def read_lfw_pairs(path: str):
+    """LFW pairs file: list of (name1, number1, name2, number2, same). Header lines (a count, or
+    'folds count') are skipped; a malformed line is a DataError with its line number."""
+    pairs = []
+    with open(path) as handle:
+        lines = handle.read().splitlines()
+    for number, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if all(p.isdigit() for p in parts) and len(parts) <= 2:
+            continue   # header
+        try:
+            if len(parts) == 3:
+                pairs.append((parts[0], int(parts[1]), parts[0], int(parts[2]), True))
+            elif len(parts) == 4:
+                pairs.append((parts[0], int(parts[1]), parts[2], int(parts[3]), False))
+            else:
+                raise ValueError(f"{len(parts)} fields")
+        except ValueError as error:
+            raise DataError(f"{path}:{number}: not an LFW pair line ({error}): {line!r}") from None
+    return pairs
+
+
+def lfw_file_name(name: str, number: int) -> str:
+    """`<name>/<name>_NNNN.jpg`, LFW's file naming."""
+    return os.path.join(name, f"{name}_{number:04d}.jpg")
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [n, h, w, c] -> [n, size, size, c] (area-averaging when shrinking)."""
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    out = np.empty((len(images), size, size, images.shape[3]), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = np.asarray(Image.fromarray(image).resize((size, size), Image.BOX
+                                                          if size < image.shape[0]
+                                                          else Image.BICUBIC))
+    return out

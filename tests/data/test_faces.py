@@ -1,0 +1,194 @@
+"""Identity folders, image decoding of awkward files, person splits, LFW pairs and the aligned
+cache (with a stand-in aligner, so these tests need no dlib)."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dibigan_tf.data.align import AlignResult
+from dibigan_tf.data.digits import DataError
+from dibigan_tf.data.faces import (load_face_folders, read_lfw_pairs, read_rgb, resize_images,
+                                   scan_identity_folders, split_identities)
+
+
+class MeanAligner:
+    """Stand-in for DlibAligner: 'finds a face' unless the image is all black; the crop is a
+    constant image of the input's mean colour (so identities can be checked)."""
+    key = "mean-8"
+    size = 8
+
+    def __init__(self):
+        self.calls = 0
+
+    def align(self, image):
+        self.calls += 1
+        if image.max() == 0:
+            return AlignResult(None, "none", 0)
+        colour = image.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+        return AlignResult(np.tile(colour, (8, 8, 1)), "ok", 1)
+
+
+def _save(path, array, mode=None, **kwargs):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image = Image.fromarray(array) if mode is None else Image.fromarray(array, mode)
+    image.save(path, **kwargs)
+
+
+def _folder(tmp_path):
+    root = tmp_path / "faces"
+    # identity k: images of colour (10k, 20k, 30k)
+    for k, name in enumerate(["alice", "bob", "carol"]):
+        for i in range(3):
+            _save(str(root / name / f"{name}_{i + 1:04d}.jpg"),
+                  np.full((20, 20, 3), (10 * (k + 1), 20 * (k + 1), 30 * (k + 1)), np.uint8),
+                  quality=100)
+    os.makedirs(root / "empty_person")
+    return root
+
+
+def test_scan_identity_folders_and_empty_folder(tmp_path):
+    root = _folder(tmp_path)
+    (root / "notes.txt").write_text("not an identity")
+    paths, names, empty = scan_identity_folders(str(root))
+    assert len(paths) == 9 and names.count("bob") == 3
+    assert empty == ["empty_person"]
+    assert paths[0] == os.path.join("alice", "alice_0001.jpg")
+    with pytest.raises(DataError, match="no such directory"):
+        scan_identity_folders(str(tmp_path / "missing"))
+    os.makedirs(tmp_path / "nothing" / "x")
+    with pytest.raises(DataError, match="no images"):
+        scan_identity_folders(str(tmp_path / "nothing"))
+
+
+def test_lfw_images_subfolder_is_found(tmp_path):
+    _save(str(tmp_path / "lfw" / "images" / "A_B" / "A_B_0001.jpg"), np.ones((8, 8, 3), np.uint8))
+    paths, names, _ = scan_identity_folders(str(tmp_path / "lfw"))
+    assert paths == [os.path.join("images", "A_B", "A_B_0001.jpg")] and names == ["A_B"]
+
+
+def test_read_rgb_awkward_modes(tmp_path):
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    _save(str(tmp_path / "grey.png"), grey)
+    out = read_rgb(str(tmp_path / "grey.png"))
+    assert out.shape == (8, 8, 3) and (out[..., 0] == grey).all() and (out[..., 2] == grey).all()
+
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 128   # half transparent red on black -> about 100
+    _save(str(tmp_path / "alpha.png"), rgba)
+    out = read_rgb(str(tmp_path / "alpha.png"))
+    assert out.shape == (4, 4, 3) and abs(int(out[0, 0, 0]) - 100) <= 2 and out[0, 0, 1] == 0
+
+    deep = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000)
+    Image.fromarray(deep).save(str(tmp_path / "deep.png"))
+    out = read_rgb(str(tmp_path / "deep.png"))
+    assert out.dtype == np.uint8 and out[3, 3, 0] == round(60000 / 65535 * 255)
+
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))   # red in CMYK
+    cmyk.save(str(tmp_path / "cmyk.jpg"), quality=100)
+    out = read_rgb(str(tmp_path / "cmyk.jpg"))
+    assert out.shape == (4, 4, 3) and out[0, 0, 0] > 200 and out[0, 0, 1] < 50
+
+
+def test_read_rgb_refuses_broken_files(tmp_path):
+    (tmp_path / "junk.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(DataError, match="unreadable"):
+        read_rgb(str(tmp_path / "junk.jpg"))
+    _save(str(tmp_path / "full.jpg"), np.full((64, 64, 3), 90, np.uint8))
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 3])
+    with pytest.raises(DataError, match="unreadable"):
+        read_rgb(str(tmp_path / "cut.jpg"))
+
+
+def test_read_rgb_downscales_very_large_images(tmp_path, monkeypatch):
+    import dibigan_tf.data.faces as faces
+    monkeypatch.setattr(faces, "MAX_PIXELS", 100 * 100)
+    _save(str(tmp_path / "big.png"), np.full((400, 300, 3), 7, np.uint8))
+    out = read_rgb(str(tmp_path / "big.png"))
+    assert out.shape[0] * out.shape[1] <= 100 * 100 and out.shape[0] > out.shape[1]
+    assert (out == 7).all()
+
+
+def test_load_face_folders_counts_bad_images_and_keeps_identities(tmp_path):
+    root = _folder(tmp_path)
+    (root / "bob" / "bob_0009.jpg").write_bytes(b"broken")
+    _save(str(root / "carol" / "carol_0010.png"), np.zeros((20, 20, 3), np.uint8))  # no face
+    aligner = MeanAligner()
+    faces, stats = load_face_folders(str(root), aligner, str(tmp_path / "cache"))
+    assert stats["images"] == 11 and stats["aligned"] == 9
+    assert stats["status_unreadable"] == 1 and stats["status_none"] == 1
+    assert stats["examples"]["unreadable"] == os.path.join("bob", "bob_0009.jpg")
+    assert stats["empty_identity_folders"] == 1
+    assert faces.class_names == ["alice", "bob", "carol"]
+    # every crop carries its own identity's colour: no image was given another label
+    for image, label, path in zip(faces.images, faces.labels, faces.paths):
+        k = label + 1
+        assert path.startswith(faces.class_names[label])
+        assert np.allclose(image[0, 0], (10 * k, 20 * k, 30 * k), atol=2)
+    # a second load aligns nothing; a changed file is aligned again
+    again = MeanAligner()
+    faces2, _ = load_face_folders(str(root), again, str(tmp_path / "cache"))
+    assert again.calls == 0 and (faces2.images == faces.images).all()
+    _save(str(root / "alice" / "alice_0001.jpg"), np.full((20, 20, 3), 250, np.uint8))
+    os.utime(root / "alice" / "alice_0001.jpg", ns=(1, 1))
+    third = MeanAligner()
+    load_face_folders(str(root), third, str(tmp_path / "cache"))
+    assert third.calls == 1
+
+
+def test_load_face_folders_resumes_after_interruption(tmp_path):
+    root = _folder(tmp_path)
+
+    class Crash(MeanAligner):
+        def align(self, image):
+            if self.calls == 5:
+                raise KeyboardInterrupt
+            return super().align(image)
+
+    with pytest.raises(KeyboardInterrupt):
+        load_face_folders(str(root), Crash(), str(tmp_path / "cache"), chunk_size=2)
+    resumed = MeanAligner()
+    faces, _ = load_face_folders(str(root), resumed, str(tmp_path / "cache"), chunk_size=2)
+    assert resumed.calls == 9 - 4 and len(faces) == 9   # two chunks of 2 were stored
+
+
+def test_no_aligned_face_is_a_clear_error(tmp_path):
+    _save(str(tmp_path / "r" / "x" / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DataError, match="none of 1 images"):
+        load_face_folders(str(tmp_path / "r"), MeanAligner(), str(tmp_path / "c"))
+
+
+def test_split_identities_is_by_person_and_seeded():
+    labels = np.repeat(np.arange(40), 3)
+    train, held = split_identities(labels, 0.25, seed=0)
+    assert len(np.unique(labels[held])) == 10
+    assert not set(labels[train]) & set(labels[held])
+    assert len(train) + len(held) == len(labels)
+    train2, held2 = split_identities(labels, 0.25, seed=0)
+    assert (held == held2).all()
+    _, held3 = split_identities(labels, 0.25, seed=1)
+    assert set(labels[held3]) != set(labels[held])
+    with pytest.raises(DataError):
+        split_identities(labels, 1.0, seed=0)
+
+
+def test_read_lfw_pairs(tmp_path):
+    path = tmp_path / "pairs.txt"
+    path.write_text("3\nA_B\t1\t2\nC\t1\tD_E\t3\n\nF 2 4\n")
+    assert read_lfw_pairs(str(path)) == [("A_B", 1, "A_B", 2, True), ("C", 1, "D_E", 3, False),
+                                         ("F", 2, "F", 4, True)]
+    path.write_text("10 300\nA 1 2\n")   # the View 2 header: folds and pairs per fold
+    assert len(read_lfw_pairs(str(path))) == 1
+    path.write_text("1\nA one 2\n")
+    with pytest.raises(DataError, match=":2:"):
+        read_lfw_pairs(str(path))
+
+
+def test_resize_images():
+    images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    assert resize_images(images, 4) is images
+    small = resize_images(images, 2)
+    assert small.shape == (2, 2, 2, 3)
+    assert small[0, 0, 0, 0] == round(images[0, :2, :2, 0].mean())

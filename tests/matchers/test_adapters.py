@@ -1,0 +1,544 @@
+"""Tests for the matcher adapters: KerasMatcher, OnnxMatcher and HttpMatcher."""
+import http.server
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dibigan_tf.keras_compat import keras
+from dibigan_tf.matchers.base import Matcher, MatcherError
+from dibigan_tf.matchers.http import HttpMatcher
+from dibigan_tf.matchers.keras_model import KerasMatcher
+from dibigan_tf.matchers.onnx_model import OnnxMatcher
+from dibigan_tf.matchers.store import FeatureStore
+
+SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _pixels(shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
+
+
+def test_base_store_key_defaults_to_name():
+    class Plain(Matcher):
+        name = "plain"
+        input_shape = (1, 1, 1)
+        embedding_dim = 1
+
+        def _embed(self, images):
+            return np.zeros((len(images), 1))
+
+    assert Plain().store_key == "plain"
+
+
+# ------------------------------------------------------------------------------------------------
+# Keras / SavedModel
+# ------------------------------------------------------------------------------------------------
+def _tiny_model(seed):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((16, 16, 3), name="img")
+    x = keras.layers.Conv2D(4, 3, activation="tanh")(inp)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inp, keras.layers.Dense(8, name="emb")(x))
+
+
+@pytest.fixture(scope="module")
+def keras_models(tmp_path_factory):
+    """Two tiny models of the same architecture, each saved as .keras and as a SavedModel."""
+    root = tmp_path_factory.mktemp("keras")
+    out = {}
+    for i, seed in enumerate((1, 2), start=1):
+        model = _tiny_model(seed)
+        model.save(str(root / f"m{i}.keras"))
+        tf.saved_model.save(model, str(root / f"sm{i}"))
+        out[i] = model
+    return root, out
+
+
+def test_keras_file_and_savedmodel_match_the_model(keras_models):
+    root, models = keras_models
+    images = _pixels((70, 16, 16, 3))
+    expected = models[1](images.astype(np.float32) / 127.5 - 1.0).numpy()
+    for path in (root / "m1.keras", root / "sm1"):
+        matcher = KerasMatcher(str(path), batch_size=32)  # batches of 32, 32, 6
+        assert matcher.input_shape == (16, 16, 3) and matcher.embedding_dim == 8
+        assert matcher.differentiable and matcher.name == "keras"
+        np.testing.assert_allclose(matcher.embed(images), expected, rtol=1e-5, atol=1e-5)
+        assert matcher._embed_fn.experimental_get_tracing_count() == 1  # traced once
+    assert not np.allclose(KerasMatcher(str(root / "m2.keras")).embed(images), expected, atol=1e-3)
+
+
+def test_keras_tf_embed_gives_gradients_and_agrees_with_embed(keras_models):
+    root, _ = keras_models
+    pixels = _pixels((3, 16, 16, 3), seed=1)
+    for path in (root / "m1.keras", root / "sm1"):
+        matcher = KerasMatcher.load(path, input_range="zero_1")
+        x = tf.Variable(pixels.astype(np.float32) / 127.5 - 1.0)
+        with tf.GradientTape() as tape:
+            emb = matcher.tf_embed(x)
+            loss = tf.reduce_sum(emb ** 2)
+        grad = tape.gradient(loss, x)
+        assert grad is not None and grad.shape == x.shape
+        assert float(tf.reduce_max(tf.abs(grad))) > 0
+        np.testing.assert_allclose(emb.numpy(), matcher.embed(pixels), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("input_range, expected", [
+    ("minus1_1", [51 / 127.5 - 1, -1.0, 1.0]),     # [-0.6, -1, 1]
+    ("zero_1", [0.2, 0.0, 1.0]),
+    ("raw", [51.0, 0.0, 255.0]),
+    ("arcface", [-0.59765625, -0.99609375, 0.99609375]),  # (x - 127.5) / 128
+])
+def test_keras_input_ranges_on_a_constant_image(input_range, expected):
+    inp = keras.Input((4, 4, 3))
+    model = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(inp))  # channel means
+    matcher = KerasMatcher(model, input_range=input_range)
+    image = np.zeros((1, 4, 4, 3), np.uint8) + np.array([51, 0, 255], np.uint8)
+    np.testing.assert_allclose(matcher.embed(image)[0], expected, rtol=1e-6, atol=1e-6)
+    unit = tf.constant(image.astype(np.float32) / 127.5 - 1.0)
+    np.testing.assert_allclose(matcher.tf_embed(unit).numpy()[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_keras_store_key(keras_models, tmp_path):
+    root, models = keras_models
+    k1 = KerasMatcher(str(root / "m1.keras")).store_key
+    assert SAFE_KEY.match(k1) and k1.startswith("keras-")
+    assert KerasMatcher(str(root / "m1.keras")).store_key == k1
+    assert KerasMatcher(str(root / "m2.keras")).store_key != k1
+    assert KerasMatcher(str(root / "m1.keras"), input_range="zero_1").store_key != k1
+    s1 = KerasMatcher(str(root / "sm1")).store_key
+    assert SAFE_KEY.match(s1) and s1 == KerasMatcher(str(root / "sm1")).store_key
+    assert s1 not in (k1, KerasMatcher(str(root / "sm2")).store_key)
+    # the same saved_model.pb with another model's variables is another model
+    mixed = tmp_path / "mixed"
+    shutil.copytree(root / "sm1", mixed)
+    shutil.rmtree(mixed / "variables")
+    shutil.copytree(root / "sm2" / "variables", mixed / "variables")
+    other = KerasMatcher(str(mixed))
+    images = _pixels((2, 16, 16, 3))
+    np.testing.assert_allclose(other.embed(images), KerasMatcher(str(root / "sm2")).embed(images),
+                               rtol=1e-5, atol=1e-5)
+    assert other.store_key != s1
+    # in-memory models: keyed by their weights
+    assert KerasMatcher(models[1]).store_key == KerasMatcher(models[1]).store_key
+    assert KerasMatcher(models[1]).store_key != KerasMatcher(models[2]).store_key
+
+
+def test_keras_several_outputs():
+    inp = keras.Input((4, 4, 3))
+    flat = keras.layers.Flatten()(inp)
+    model = keras.Model(inp, [keras.layers.Dense(4, name="a")(flat),
+                              keras.layers.Dense(6, name="b")(flat)])
+    with pytest.raises(MatcherError, match="2 outputs"):
+        KerasMatcher(model)
+    with pytest.raises(MatcherError, match="'zzz'"):
+        KerasMatcher(model, output="zzz")
+    images = _pixels((3, 4, 4, 3))
+    a, b = model(images.astype(np.float32) / 127.5 - 1.0)
+    np.testing.assert_allclose(KerasMatcher(model, output="a").embed(images), a.numpy(), atol=1e-5)
+    np.testing.assert_allclose(KerasMatcher(model, output=1).embed(images), b.numpy(), atol=1e-5)
+    assert KerasMatcher(model, output="b").store_key != KerasMatcher(model, output="a").store_key
+    # a concrete function returning a dict (what a SavedModel signature looks like)
+    fn = tf.function(lambda x: {"a": tf.reshape(x, [-1, 48]), "b": tf.reduce_mean(x, [1, 2])})
+    concrete = fn.get_concrete_function(tf.TensorSpec([None, 4, 4, 3], tf.float32))
+    with pytest.raises(MatcherError, match="outputs"):
+        KerasMatcher(concrete)
+    pick = KerasMatcher(concrete, output="b", input_range="raw")
+    assert pick.embedding_dim == 3
+    np.testing.assert_allclose(pick.embed(images), images.mean(axis=(1, 2)), rtol=1e-5)
+
+
+def test_keras_unknown_spatial_dims_need_input_shape():
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp))
+    model = keras.Model(inp, keras.layers.Dense(5)(x))
+    with pytest.raises(MatcherError, match="input_shape"):
+        KerasMatcher(model)
+    with pytest.raises(MatcherError, match="does not fit"):
+        KerasMatcher(model, input_shape=(12, 12, 1))
+    matcher = KerasMatcher(model, input_shape=(12, 10, 3))
+    assert matcher.input_shape == (12, 10, 3)
+    assert matcher.embed(_pixels((2, 12, 10, 3))).shape == (2, 5)
+
+
+def test_keras_bad_paths(tmp_path):
+    with pytest.raises(MatcherError, match="no such"):
+        KerasMatcher(str(tmp_path / "missing.keras"))
+    junk = tmp_path / "junk.keras"
+    junk.write_bytes(b"not a keras file")
+    with pytest.raises(MatcherError, match="junk.keras"):
+        KerasMatcher(str(junk))
+    with pytest.raises(MatcherError, match="input_range"):
+        KerasMatcher(_tiny_model(0), input_range="0_255")
+
+
+# ------------------------------------------------------------------------------------------------
+# ONNX
+# ------------------------------------------------------------------------------------------------
+def _onnx(path, in_shape, graph, weight, out_shape=("N", 5)):
+    """Saves a tiny ONNX model: [Transpose ->] Flatten | GlobalAveragePool+Flatten -> MatMul."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, x = [], "x"
+    if graph == "transpose":  # NHWC input, NCHW inside
+        nodes.append(helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]))
+        x = "xt"
+    if graph == "gap":
+        nodes.append(helper.make_node("GlobalAveragePool", [x], ["pooled"]))
+        x = "pooled"
+    nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1))
+    nodes.append(helper.make_node("MatMul", ["flat", "w"], ["y"]))
+    model = helper.make_model(
+        helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                        list(in_shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))],
+                          initializer=[numpy_helper.from_array(weight.astype(np.float32), "w")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _reference(images, weight, layout, mean=127.5, std=127.5, bgr=False, pool=False):
+    x = images.astype(np.float64)
+    if bgr:
+        x = x[..., ::-1]
+    x = (x - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
+    if pool:
+        x = x.mean(axis=(1, 2))
+    elif layout == "nchw":
+        x = x.transpose(0, 3, 1, 2)
+    return x.reshape(len(x), -1) @ weight
+
+
+@pytest.fixture
+def weights():
+    rng = np.random.default_rng(7)
+    return {k: rng.standard_normal(s) for k, s in
+            {"w": (192, 5), "w2": (192, 5), "w3": (3, 5), "w4": (36, 5)}.items()}
+
+
+def test_onnx_nchw_and_nhwc_match_numpy(tmp_path, weights):
+    w = weights["w"]
+    nchw = OnnxMatcher(_onnx(tmp_path / "nchw.onnx", ["N", 3, 8, 8], "flat", w))
+    transposed = OnnxMatcher(_onnx(tmp_path / "t.onnx", ["N", 8, 8, 3], "transpose", w))
+    nhwc = OnnxMatcher(_onnx(tmp_path / "nhwc.onnx", ["N", 8, 8, 3], "flat", weights["w2"]))
+    assert (nchw.layout, transposed.layout, nhwc.layout) == ("nchw", "nhwc", "nhwc")
+    assert nchw.input_shape == transposed.input_shape == nhwc.input_shape == (8, 8, 3)
+    assert nchw.embedding_dim == 5 and not nchw.differentiable and nchw.name == "onnx"
+    images = _pixels((37, 8, 8, 3))
+    ref = _reference(images, w, "nchw")
+    np.testing.assert_allclose(nchw.embed(images), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(transposed.embed(images), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(nhwc.embed(images), _reference(images, weights["w2"], "nhwc"),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_normalisation_and_bgr(tmp_path, weights):
+    path = _onnx(tmp_path / "nchw.onnx", ["N", 3, 8, 8], "flat", weights["w"])
+    images = _pixels((5, 8, 8, 3), seed=3)
+    mean = (120.0, 127.5, 131.0)
+    bgr = OnnxMatcher(path, mean=mean, std=128.0, channel_order="bgr")
+    rgb = OnnxMatcher(path, mean=mean, std=128.0)
+    np.testing.assert_allclose(bgr.embed(images),
+                               _reference(images, weights["w"], "nchw", mean, 128.0, bgr=True),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rgb.embed(images),
+                               _reference(images, weights["w"], "nchw", mean, 128.0),
+                               rtol=1e-4, atol=1e-4)
+    assert not np.allclose(bgr.embed(images), rgb.embed(images), atol=1e-2)
+    with pytest.raises(MatcherError, match="mean has 2 values"):
+        OnnxMatcher(path, mean=(1.0, 2.0))
+
+
+def test_onnx_batching_and_fixed_batch_of_one(tmp_path, weights, monkeypatch):
+    images = _pixels((5, 8, 8, 3), seed=4)
+    ref = _reference(images, weights["w"], "nchw")
+    for shape, batch_size, expected_feeds in ((["N", 3, 8, 8], 2, [2, 2, 1]),
+                                              ([1, 3, 8, 8], 32, [1] * 5)):
+        matcher = OnnxMatcher(_onnx(tmp_path / f"b{shape[0]}.onnx", shape, "flat", weights["w"],
+                                    out_shape=(shape[0], 5)), batch_size=batch_size)
+        feeds, run = [], matcher._session.run
+        monkeypatch.setattr(matcher._session, "run",
+                            lambda names, feed: feeds.append(len(feed["x"])) or run(names, feed))
+        np.testing.assert_allclose(matcher.embed(images), ref, rtol=1e-4, atol=1e-4)
+        assert feeds == expected_feeds
+
+
+def test_onnx_symbolic_spatial_dims_need_input_size(tmp_path, weights):
+    path = _onnx(tmp_path / "gap.onnx", ["N", 3, "H", "W"], "gap", weights["w3"],
+                 out_shape=("N", "D"))
+    with pytest.raises(MatcherError, match="input_size"):
+        OnnxMatcher(path)
+    matcher = OnnxMatcher(path, input_size=(6, 7))
+    assert matcher.input_shape == (6, 7, 3) and matcher.embedding_dim == 5  # dim found by a run
+    images = _pixels((4, 6, 7, 3), seed=5)
+    np.testing.assert_allclose(matcher.embed(images),
+                               _reference(images, weights["w3"], "nchw", pool=True),
+                               rtol=1e-4, atol=1e-4)
+    fixed = _onnx(tmp_path / "fixed.onnx", ["N", 3, 8, 8], "flat", weights["w"])
+    with pytest.raises(MatcherError, match="fixes it at 8"):
+        OnnxMatcher(fixed, input_size=(6, 8))
+
+
+def test_onnx_ambiguous_layout_needs_the_flag(tmp_path, weights):
+    path = _onnx(tmp_path / "amb.onnx", ["N", 3, 4, 3], "flat", weights["w4"])
+    with pytest.raises(MatcherError, match="layout"):
+        OnnxMatcher(path)
+    nhwc = OnnxMatcher(path, layout="nhwc")
+    assert nhwc.input_shape == (3, 4, 3)
+    images = _pixels((3, 3, 4, 3), seed=6)
+    np.testing.assert_allclose(nhwc.embed(images), _reference(images, weights["w4"], "nhwc"),
+                               rtol=1e-4, atol=1e-4)
+    assert OnnxMatcher(path, layout="NCHW").input_shape == (4, 3, 3)
+
+
+def test_onnx_bad_files_are_matcher_errors(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not an onnx model")
+    with pytest.raises(MatcherError, match=re.escape(str(junk))):
+        OnnxMatcher(str(junk))
+    with pytest.raises(MatcherError, match="no such ONNX model file"):
+        OnnxMatcher(str(tmp_path / "missing.onnx"))
+
+
+def test_onnx_without_onnxruntime_says_how_to_install(tmp_path, weights, monkeypatch):
+    path = _onnx(tmp_path / "a.onnx", ["N", 3, 8, 8], "flat", weights["w"])
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(MatcherError, match="pip install onnxruntime"):
+        OnnxMatcher(path)
+
+
+def test_onnx_store_key(tmp_path, weights):
+    a = _onnx(tmp_path / "a.onnx", ["N", 3, 8, 8], "flat", weights["w"])
+    b = _onnx(tmp_path / "b.onnx", ["N", 3, 8, 8], "flat", weights["w2"])
+    key = OnnxMatcher(a).store_key
+    assert SAFE_KEY.match(key) and key.startswith("onnx-")
+    assert OnnxMatcher(a).store_key == key
+    shutil.copy(a, tmp_path / "copy.onnx")  # the same bytes elsewhere: the same model
+    assert OnnxMatcher(str(tmp_path / "copy.onnx")).store_key == key
+    assert OnnxMatcher(b).store_key != key
+    assert OnnxMatcher(a, std=128.0).store_key != key
+    assert OnnxMatcher(a, channel_order="bgr").store_key != key
+
+
+# ------------------------------------------------------------------------------------------------
+# HTTP
+# ------------------------------------------------------------------------------------------------
+SHAPE = (4, 4, 3)
+DIM = 5
+
+
+def _server_embedding(images):
+    """What the test server answers: per-image channel means, then 1 and -2."""
+    means = images.astype(np.float64).mean(axis=(1, 2))
+    return np.concatenate([means, np.tile([1.0, -2.0], (len(images), 1))], axis=1)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):  # a client that timed out: not a test error
+        pass
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, status, body, content_type="application/json"):
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def do_POST(self):
+        srv = self.server
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        is_npy = self.headers["Content-Type"] == "application/octet-stream"
+        if is_npy:
+            images = np.load(io.BytesIO(body), allow_pickle=False)
+        else:
+            images = np.asarray(json.loads(body)["images"])
+        assert images.dtype == np.uint8 or not is_npy
+        with srv.lock:
+            index = len(srv.log)
+            srv.log.append(len(images))
+        action = srv.script(index)
+        if isinstance(action, int):
+            return self._reply(action, b"error " + str(action).encode() + b": bad image size")
+        if action == "sleep":
+            time.sleep(2.0)
+        emb = _server_embedding(images.astype(np.uint8))
+        if action == "wrong_dim":
+            emb = emb[:, :-1]
+        elif action == "wrong_rows":
+            emb = emb[:-1]
+        elif action == "garbage":
+            return self._reply(200, b"<html>hello</html>", "text/html")
+        if is_npy:
+            buffer = io.BytesIO()
+            np.save(buffer, emb.astype(np.float32))
+            return self._reply(200, buffer.getvalue(), "application/octet-stream")
+        return self._reply(200, json.dumps({"embeddings": emb.tolist()}).encode())
+
+
+@pytest.fixture
+def serve():
+    """serve(script) starts a server on 127.0.0.1 answering request i with script(i):
+    "ok", an HTTP status (int), "sleep", "wrong_dim", "wrong_rows" or "garbage"; returns
+    (url, log), log being the number of images in each request received."""
+    servers = []
+
+    def start(script=lambda i: "ok"):
+        srv = _Server(("127.0.0.1", 0), _Handler)
+        srv.script, srv.log, srv.lock = script, [], threading.Lock()
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}/embed", srv.log
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _http(url, **kwargs):
+    kwargs.setdefault("backoff", 0.01)
+    return HttpMatcher(url, input_shape=SHAPE, embedding_dim=DIM, **kwargs)
+
+
+def test_http_json_and_npy_give_the_known_embeddings(serve):
+    images = _pixels((10, *SHAPE))
+    expected = _server_embedding(images)
+    results = {}
+    for fmt in ("json", "npy"):
+        url, log = serve()
+        matcher = _http(url, format=fmt, batch_size=4)
+        results[fmt] = matcher.embed(images)
+        assert log == [4, 4, 2]  # ceil(10 / 4) requests
+        assert matcher.queries_sent == 10 and matcher.requests_sent == 3
+        np.testing.assert_allclose(results[fmt], expected, rtol=1e-6)
+    np.testing.assert_array_equal(results["json"], results["npy"])
+    assert matcher.name == "http" and not matcher.differentiable
+
+
+def test_http_retries_transient_errors(serve):
+    url, log = serve(lambda i: [503, 429][i] if i < 2 else "ok")
+    matcher = _http(url, retries=3, backoff=0.1)
+    images = _pixels((3, *SHAPE))
+    start = time.monotonic()
+    np.testing.assert_allclose(matcher.embed(images), _server_embedding(images), rtol=1e-6)
+    assert time.monotonic() - start >= 0.1 + 0.2 - 0.01  # backoff * 2**k before retry k
+    assert len(log) == 3 and matcher.requests_sent == 3
+
+
+def test_http_gives_up_after_the_retries(serve):
+    url, log = serve(lambda i: 500)
+    matcher = _http(url, retries=2)
+    with pytest.raises(MatcherError, match=r"failed after 3 attempts.*HTTP 500") as info:
+        matcher.embed(_pixels((2, *SHAPE)))
+    assert url in str(info.value)
+    assert len(log) == 3
+
+
+def test_http_client_error_is_not_retried(serve):
+    url, log = serve(lambda i: 400)
+    with pytest.raises(MatcherError, match="HTTP 400.*bad image size"):
+        _http(url, retries=3).embed(_pixels((2, *SHAPE)))
+    assert log == [2]
+
+
+def test_http_timeout(serve):
+    url, log = serve(lambda i: "sleep")
+    matcher = _http(url, timeout=0.2, retries=1)
+    start = time.monotonic()
+    with pytest.raises(MatcherError, match="after 2 attempts.*timed out"):
+        matcher.embed(_pixels((1, *SHAPE)))
+    assert time.monotonic() - start < 1.5  # did not wait for the 2 s answers
+    assert len(log) == 2
+
+
+def test_http_connection_refused():
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(MatcherError, match="failed after 2 attempts"):
+        _http(f"http://127.0.0.1:{port}/", retries=1).embed(_pixels((1, *SHAPE)))
+
+
+def test_http_query_budget(serve):
+    url, log = serve()
+    matcher = _http(url, batch_size=4, query_budget=10)
+    with pytest.raises(MatcherError, match="0 of 10 images used, 10 left, and 12 more"):
+        matcher.embed(_pixels((12, *SHAPE)))  # refused whole: no partial batches sent
+    assert log == [] and matcher.queries_sent == 0
+    matcher.embed(_pixels((8, *SHAPE)))
+    with pytest.raises(MatcherError, match="8 of 10 images used, 2 left"):
+        matcher.embed(_pixels((4, *SHAPE)))
+    assert log == [4, 4] and matcher.queries_sent == 8
+    matcher.embed(_pixels((2, *SHAPE)))  # exactly the budget
+    with pytest.raises(MatcherError, match="budget"):
+        matcher.embed(_pixels((1, *SHAPE)))
+    assert log == [4, 4, 2] and matcher.queries_sent == 10
+    # a retry sends the images again, so it counts too
+    url, log = serve(lambda i: 503 if i == 0 else "ok")
+    with pytest.raises(MatcherError, match="4 of 4 images used, 0 left"):
+        _http(url, query_budget=4).embed(_pixels((4, *SHAPE)))
+    assert log == [4]
+
+
+@pytest.mark.parametrize("fmt, action, message", [
+    ("json", "wrong_dim", r"shape \(3, 4\), expected \(3, 5\)"),
+    ("npy", "wrong_dim", r"shape \(3, 4\), expected \(3, 5\)"),
+    ("json", "wrong_rows", r"shape \(2, 5\), expected \(3, 5\)"),
+    ("npy", "garbage", "not a npy embeddings answer"),
+])
+def test_http_bad_answers(serve, fmt, action, message):
+    url, log = serve(lambda i: action)
+    with pytest.raises(MatcherError, match=message):
+        _http(url, format=fmt).embed(_pixels((3, *SHAPE)))
+    assert log == [3]  # not retried
+
+
+def test_http_with_feature_store_queries_each_image_once(serve, tmp_path):
+    url, log = serve()
+    images = _pixels((5, *SHAPE))
+    batch = np.concatenate([images, images[:2]])
+    first = _http(url, batch_size=2)
+    f1 = FeatureStore(str(tmp_path), first, key=first.store_key).features(batch)
+    assert sum(log) == 5 and first.queries_sent == 5
+    second = _http(url, batch_size=2)
+    store = FeatureStore(str(tmp_path), second, key=second.store_key)
+    f2 = store.features(batch[::-1])
+    assert sum(log) == 5 and second.queries_sent == 0 and store.total_queries == 5
+    np.testing.assert_allclose(f1, _server_embedding(batch), rtol=1e-6)
+    np.testing.assert_array_equal(f2, f1[::-1])
+    assert os.path.isdir(tmp_path / first.store_key)
+
+
+def test_http_store_key_and_arguments():
+    key = _http("http://127.0.0.1:1/embed").store_key
+    assert SAFE_KEY.match(key) and key.startswith("http-")
+    assert _http("http://127.0.0.1:1/embed").store_key == key
+    assert _http("http://127.0.0.1:1/other").store_key != key
+    with pytest.raises(TypeError):
+        HttpMatcher("http://127.0.0.1:1/", input_shape=SHAPE)  # embedding_dim is required
+    with pytest.raises(MatcherError, match="not an http"):
+        _http("ftp://example.org/")
+    with pytest.raises(MatcherError, match="format"):
+        _http("http://127.0.0.1:1/", format="xml")

@@ -1,0 +1,87 @@
+"""The student stage on faces (`train.py --stage=student --dataset=faces --matcher=dlib`), end
+to end on a tiny identity folder the test writes from a real face photo: alignment cache, dlib as
+the blackbox behind the shared feature store (each image queried once across runs), F^S trained,
+held-out people measured, an LFW pairs file honoured."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.training.test_pipeline_resume import ROOT
+
+pytest.importorskip("dlib", reason="dlib-bin is not installed (pip install -e '.[faces]')")
+pytest.importorskip("face_recognition_models", reason="face_recognition_models not installed")
+astronaut = pytest.importorskip("tests.matchers.test_dlib").astronaut
+
+
+def _write_people(root, people=6, per_person=4):
+    """people x per_person photos: the face shifted, scaled, recoloured and mirrored, named in
+    LFW's layout (<root>/images/<name>/<name>_NNNN.jpg)."""
+    photo = Image.fromarray(astronaut())
+    rng = np.random.default_rng(0)
+    for p in range(people):
+        name = f"Person_{p}"
+        folder = root / "images" / name
+        folder.mkdir(parents=True)
+        tint = rng.uniform(0.75, 1.25, 3)
+        for i in range(per_person):
+            size = int(rng.integers(300, 420))
+            image = np.asarray(photo.resize((size, size)), np.float64) * tint
+            canvas = np.zeros((460, 460, 3))
+            top, left = rng.integers(0, 460 - size, 2)
+            canvas[top:top + size, left:left + size] = image
+            if i % 2:
+                canvas = canvas[:, ::-1]
+            Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)).save(
+                folder / f"{name}_{i + 1:04d}.jpg", quality=92)
+    (root / "images" / "Person_0" / "Person_0_0009.jpg").write_bytes(b"truncated")
+    (root / "pairs.txt").write_text("3\nPerson_4\t1\t2\nPerson_3\t1\tPerson_4\t3\nPerson_0\t1\t2\n")
+
+
+def _run(tmp_path, data, *extra):
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
+           f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'lfw_student_dlib.flags')}",
+           f"--checkpoint_dir={tmp_path / 'ck'}", f"--data_dir={data}",
+           f"--pairs={data / 'pairs.txt'}", "--align_size=96", "--image_size=32",
+           "--student_depth=small", "--student_width=8", "--student_epochs=2",
+           "--student_batch_size=8", "--heldout_fraction=0.34", "--seed=3",
+           "--eval_positive_pairs=10", "--eval_negative_pairs=10"] + list(extra)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def test_student_stage_on_faces_with_dlib(tmp_path):
+    data = tmp_path / "people"
+    _write_people(data)
+    run = _run(tmp_path, data)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    assert "unreadable" in out      # the broken file is reported, and the run went on
+    metrics = json.loads((tmp_path / "ck" / "lfw-student-dlib" / "student" / "metrics.json")
+                         .read_text())
+    assert metrics["heldout_identities"] == 2 and metrics["train_identities"] == 4
+    assert metrics["heldout_images"] == 8 and metrics["train_images"] == 16
+    assert metrics["image_size"] == 32 and metrics["matcher_input_size"] == 96
+    assert -1.0 <= metrics["student_cosine_heldout"] <= 1.0
+    assert 0.0 <= metrics["real_verification_accuracy"] <= 1.0
+    assert 0.0 <= metrics["student_verification_accuracy"] <= 1.0
+    assert metrics["pairs_file_num_pairs"] == 2       # Person_3 and Person_4 are held out; Person_0 is not
+    assert metrics["blackbox_queries"] == 24
+    assert metrics["num_pairs"] == 20
+    split = json.loads((tmp_path / "ck" / "lfw-student-dlib" / "split.json").read_text())
+    held_people = {p.split(os.sep)[-2] for p in split["heldout"]}
+    assert held_people == {"Person_3", "Person_4"}
+    assert not held_people & {p.split(os.sep)[-2] for p in split["train"]}
+    stats = next((tmp_path / "ck" / "aligned").glob("*/stats.json"))
+    stats = json.loads(stats.read_text())
+    assert stats["status_unreadable"] == 1 and stats["aligned"] == 24
+
+    # a second run (another name) shares the feature store: no image is sent to dlib again
+    again = _run(tmp_path, data, "--run_name=second", "--stage=features")
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "blackbox_queries_this_session: 0" in again.stdout
+    assert "blackbox_queries: 24" in again.stdout
