@@ -8,10 +8,11 @@ TRAIN_ARGS := $(if $(DATA_DIR),--data_dir=$(DATA_DIR)) $(if $(MATCHER),--matcher
               $(if $(RUN),--run_name=$(RUN)) $(ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: help venv train-blackbox train-flow figure3 ablation-digits test test-all bench tensorboard clean-venv
+.PHONY: help venv train-blackbox train-student train-flow figure3 ablation-digits test test-all bench tensorboard clean-venv
 
 help:
 	@echo "make train-blackbox   train DiBiGAN in blackbox mode (default: embedded MNIST digits)"
+	@echo "make train-student    distil F^S from dlib on faces (DATA_DIR=<LFW-format root> needed)"
 	@echo "make train-flow       train the bijection H alone (held-out bits/dim in <run>/flow/)"
 	@echo "make figure3          the paper's Figure 3 for a finished run (second G without L_biject)"
 	@echo "make ablation-digits  Table 2 (A)-(F) on digits, blackbox -> checkpoints/ablation-digits.md"
@@ -31,6 +32,10 @@ venv: $(VENV)/.installed
 
 train-blackbox: venv
 	$(PY) experiments/train.py --flagfile=$(FLAGFILE) $(TRAIN_ARGS)
+
+train-student: venv
+	@test -n "$(DATA_DIR)" || { echo "make train-student needs DATA_DIR=<root>/<identity>/<image> (e.g. an LFW folder)"; exit 2; }
+	$(PY) experiments/train.py --flagfile=experiments/flagfiles/lfw_student_dlib.flags $(TRAIN_ARGS)
 
 train-flow: venv
 	$(PY) experiments/train.py --flagfile=experiments/flagfiles/digits_flow.flags $(TRAIN_ARGS)

@@ -39,7 +39,9 @@ flags.DEFINE_string("feature_store_dir", "", "Feature store of matchers opened f
                     "service (default <checkpoint_dir>/features; shared by runs).")
 flags.DEFINE_string("pairs", "", "An LFW pairs file: its pairs among held-out people are "
                     "also scored.")
-flags.DEFINE_enum("mode", "blackbox", ["blackbox"], "blackbox: F^S is distilled from F.")
+flags.DEFINE_enum("mode", "blackbox", ["blackbox", "whitebox"], "blackbox: F^S is distilled "
+                  "from F's answers; whitebox: F itself (differentiable: lenet, keras, "
+                  "savedmodel) gives L_distill's gradients and no F^S is trained.")
 flags.DEFINE_enum("matcher", "lenet", ["lenet", "keras", "savedmodel", "onnx", "dlib", "http"],
                   "The matcher F under attack (lenet: trained here on the digits).")
 flags.DEFINE_string("matcher_path", "", "keras/savedmodel/onnx: the model file or directory.")

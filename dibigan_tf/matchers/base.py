@@ -64,3 +64,32 @@ class Matcher(abc.ABC):
     def tf_embed(self, images):
         """Differentiable embedding of float images in [-1, 1] (whitebox matchers only)."""
         raise MatcherError(f"{self.name} is a blackbox: it has no differentiable path")
+
+    def tf_outputs(self, images) -> list:
+        """[intermediate taps F_j ..., embedding] for L_distill (Eq. 7) in whitebox mode, where F
+        takes the place of F^S. Matchers that cannot show their inside give only the embedding
+        (Eq. 7 is then its lambda_a cosine term alone)."""
+        return [self.tf_embed(images)]
+
+
+class WhiteboxNetwork:
+    """A differentiable matcher F called like the student F^S: `net(images, training)` takes
+    float images in [-1, 1] at the generator's size (resized to F's input size inside the
+    graph, so gradients flow) and returns [taps..., embedding]."""
+
+    def __init__(self, matcher: Matcher, image_shape):
+        if not matcher.differentiable:
+            raise MatcherError(f"--mode=whitebox needs a differentiable matcher; {matcher.name} "
+                               f"is a blackbox (use --mode=blackbox: F^S is distilled from it)")
+        if int(image_shape[-1]) != int(matcher.input_shape[-1]):
+            raise MatcherError(f"{matcher.name} takes {matcher.input_shape[-1]}-channel images, "
+                               f"the data has {image_shape[-1]}")
+        self.matcher = matcher
+        self.size = tuple(int(d) for d in matcher.input_shape[:2])
+        self.resize = tuple(int(d) for d in image_shape[:2]) != self.size
+
+    def __call__(self, images, training=False):
+        import tensorflow as tf
+        if self.resize:
+            images = tf.image.resize(images, self.size, method="bilinear")
+        return list(self.matcher.tf_outputs(images))

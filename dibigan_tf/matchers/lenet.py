@@ -42,3 +42,11 @@ class LeNetMatcher(Matcher):
 
     def tf_embed(self, images):
         return self._features(images, training=False)
+
+    def tf_outputs(self, images):
+        """[pool1, pool2, features]: the two convolution stages as the taps F_j of Eq. 7."""
+        if not hasattr(self, "_taps"):
+            f = self._features
+            self._taps = keras.Model(f.input, [f.get_layer("pool1").output,
+                                               f.get_layer("pool2").output, f.output])
+        return self._taps(images, training=False)

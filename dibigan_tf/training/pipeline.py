@@ -1,8 +1,9 @@
-"""The whole DiBiGAN pipeline in blackbox mode, stage after stage, each resumable on its own:
+"""The whole DiBiGAN pipeline, stage after stage, each resumable on its own:
 
-split -> matcher F (digits: LeNet trained here, then used only as a blackbox) -> feature store
-(every image queried once) -> student F^S (Eq. 6) -> bijection H (class-conditional NLL) ->
-G/D progressive training (Eq. 8, Eq. 9, section 3.4) -> evaluation and report.
+split -> matcher F (digits: LeNet trained here, then used only as a blackbox; faces: dlib, ONNX,
+Keras or an HTTP service) -> feature store (every image queried once) -> student F^S (Eq. 6;
+whitebox mode: F itself, differentiated) -> bijection H (class-conditional NLL) -> G/D progressive
+training (Eq. 8, Eq. 9, section 3.4) -> evaluation and report.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from dibigan_tf.evaluation.verification import (cosine_similarity_rows,
 from dibigan_tf.evaluation.report import (evaluate_reconstructions, reconstruction_figure,
                                           write_report)
 from dibigan_tf.matchers.lenet import LeNetMatcher
+from dibigan_tf.matchers.base import WhiteboxNetwork
 from dibigan_tf.matchers.registry import open_matcher
 from dibigan_tf.matchers.store import FeatureStore
 from dibigan_tf.training.classifier import train_lenet
@@ -166,8 +168,13 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
     ctx = _features_stage(cfg, run_dir, strategy, loop_kwargs)
     seconds, heldout, pick = ctx.seconds, ctx.heldout, ctx.pick
 
-    # 4. the student F^S (Eq. 6)
-    student, student_cos = _student_stage(cfg, ctx)
+    # 4. the student F^S (Eq. 6); in whitebox mode F itself takes its place (section 3.3)
+    if cfg.mode == "whitebox":
+        student = WhiteboxNetwork(ctx.matcher, ctx.train.image_shape)
+        student_cos = 1.0
+        seconds["student"] = 0.0
+    else:
+        student, student_cos = _student_stage(cfg, ctx)
 
     # 5. the bijection H (class-conditional log-likelihood), or the one trained on its own
     _seed(cfg, 30)

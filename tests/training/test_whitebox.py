@@ -1,0 +1,58 @@
+"""Whitebox mode: the matcher F itself, differentiated, in the place of F^S (section 3.3)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dibigan_tf.matchers.base import MatcherError, WhiteboxNetwork
+from dibigan_tf.matchers.lenet import LeNetMatcher
+from dibigan_tf.models.lenet import build_lenet
+from tests.matchers.test_store import CountingMatcher
+from tests.training.test_pipeline_resume import ROOT, TINY
+
+
+def test_whitebox_network_gives_lenet_taps_and_gradients_through_the_resize():
+    tf.keras.utils.set_random_seed(0)
+    matcher = LeNetMatcher(build_lenet(feature_dim=12))
+    net = WhiteboxNetwork(matcher, (16, 16, 1))   # G draws 16x16, F takes 32x32
+    x = tf.Variable(tf.random.uniform([2, 16, 16, 1], -1.0, 1.0))
+    with tf.GradientTape() as tape:
+        outputs = net(x)
+        loss = tf.reduce_sum(outputs[-1])
+    assert [tuple(o.shape) for o in outputs] == [(2, 16, 16, 32), (2, 8, 8, 64), (2, 12)]
+    grad = tape.gradient(loss, x)
+    assert grad is not None and float(tf.reduce_max(tf.abs(grad))) > 0.0
+    # the embedding is F's own on the resized image
+    same = matcher.tf_embed(tf.image.resize(x, (32, 32), method="bilinear"))
+    np.testing.assert_allclose(outputs[-1].numpy(), same.numpy(), atol=1e-5)
+
+
+def test_whitebox_refuses_a_blackbox_and_a_channel_mismatch():
+    with pytest.raises(MatcherError, match="blackbox"):
+        WhiteboxNetwork(CountingMatcher(), (4, 4, 1))
+    with pytest.raises(MatcherError, match="channel"):
+        WhiteboxNetwork(LeNetMatcher(build_lenet(feature_dim=4)), (32, 32, 3))
+
+
+def test_whitebox_run_trains_no_student(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
+           f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'digits_whitebox.flags')}",
+           f"--checkpoint_dir={tmp_path}", "--run_name=wb"] + TINY + [
+           "--stable_images=64,128", "--augment_copies=0"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert not (tmp_path / "wb" / "student").exists()
+    report = json.loads((tmp_path / "wb" / "report" / "metrics.json").read_text())
+    assert report["mode"] == "whitebox" and report["seconds"]["student"] == 0.0
+    assert 0.0 <= report["recon_class_agreement"] <= 1.0
+    # L_distill was computed through F: its scalars are in the GAN's TensorBoard log
+    tags = set()
+    for path in (tmp_path / "wb" / "gan" / "tb").glob("events*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(v.tag for v in event.summary.value)
+    assert "distill" in tags and "student_cosine" in tags, sorted(tags)
