@@ -17,7 +17,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dibigan_tf import keras_compat  # noqa: E402,F401
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("only", ["flow", "student", "gan"], "Which benchmarks to run.")
+flags.DEFINE_list("only", ["flow", "student", "gan", "features"], "Which benchmarks to run "
+                  "(features: dlib alignment and feature extraction).")
+flags.DEFINE_integer("feature_images", 64, "Images per dlib extraction row.")
+flags.DEFINE_list("query_runs", [], "Run directories whose report/metrics.json query counts "
+                  "are listed with the time they take at the measured dlib rate.")
 flags.DEFINE_integer("steps", 10, "Timed steps per row (after one warm-up step).")
 flags.DEFINE_string("out", "checkpoints/bench.json", "JSON output path.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the GAN step.")
@@ -152,6 +156,74 @@ def bench_gan(steps, jit_compile):
     return rows
 
 
+def _face_photo():
+    """A real face photo from a package (scikit-image's astronaut), or None."""
+    try:
+        import skimage.data
+        from PIL import Image
+        import numpy as np
+        path = os.path.join(os.path.dirname(skimage.data.__file__), "astronaut.png")
+        return np.asarray(Image.open(path).convert("RGB"))
+    except (ImportError, OSError):
+        return None
+
+
+def bench_features(n):
+    """dlib's ResNet descriptor per image (the blackbox queries of a face run) and the
+    detector + 5-point alignment per photo."""
+    import numpy as np
+    from PIL import Image
+    from dibigan_tf.data.align import DlibAligner
+    from dibigan_tf.matchers.dlib_matcher import DlibMatcher
+    rows = []
+    photo = _face_photo()
+    if photo is None:
+        print("features: scikit-image's astronaut.png is missing; skipped")
+        return rows
+    aligner = DlibAligner(size=150)
+    chip = aligner.align(photo).image
+    for size in (150, 64):
+        images = np.stack([np.asarray(Image.fromarray(chip).resize((size, size)))] * n)
+        matcher = DlibMatcher(image_size=size)
+        matcher.embed(images[:2])
+        start = time.perf_counter()
+        matcher.embed(images)
+        dt = (time.perf_counter() - start) / n
+        rows.append({"name": "dlib descriptor (blackbox query), aligned chip",
+                     "resolution": f"{size}x{size}x3", "batch": n, "seconds_per_step": dt,
+                     "images_per_second": 1.0 / dt})
+    photos = [np.asarray(Image.fromarray(photo).resize((250, 250)))] * max(n // 2, 4)
+    start = time.perf_counter()
+    for p in photos:
+        aligner.align(p)
+    dt = (time.perf_counter() - start) / len(photos)
+    rows.append({"name": "dlib detect + 5 landmarks + chip (alignment)",
+                 "resolution": "250x250x3", "batch": 1, "seconds_per_step": dt,
+                 "images_per_second": 1.0 / dt})
+    return rows
+
+
+def _query_lines(rows):
+    rate = next((r["images_per_second"] for r in rows
+                 if r["name"].startswith("dlib descriptor") and r["resolution"].startswith("150")),
+                None)
+    out = []
+    for run in FLAGS.query_runs:
+        path = os.path.join(run, "report", "metrics.json")
+        if not os.path.exists(path):
+            path = os.path.join(run, "student", "metrics.json")
+        if not os.path.exists(path):
+            out.append(f"{run}: no report/metrics.json or student/metrics.json")
+            continue
+        with open(path) as handle:
+            queries = json.load(handle).get("blackbox_queries")
+        line = f"{run}: blackbox_queries {queries}"
+        if rate and queries:
+            line += f" (at {rate:.1f} dlib queries/s: {queries / rate / 60:.1f} min)"
+        out.append(line)
+    return out
+
+
 def main(argv):
     del argv
     rows = []
@@ -161,10 +233,14 @@ def main(argv):
         rows += bench_student(FLAGS.steps)
     if "gan" in FLAGS.only:
         rows += bench_gan(FLAGS.steps, FLAGS.jit_compile)
+    if "features" in FLAGS.only:
+        rows += bench_features(FLAGS.feature_images)
     print(f"{'benchmark':<56} {'input':>10} {'batch':>6} {'ms/step':>9} {'img/s':>8}")
     for r in rows:
         print(f"{r['name']:<56} {r['resolution']:>10} {r['batch']:>6} "
               f"{1000 * r['seconds_per_step']:>9.1f} {r['images_per_second']:>8.1f}")
+    for line in _query_lines(rows):
+        print(line)
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
     with open(FLAGS.out, "w") as handle:
         json.dump(rows, handle, indent=2)

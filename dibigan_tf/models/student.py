@@ -3,7 +3,8 @@
 The paper uses ResNet-50. `build_student` gives the ResNet family by depth: 50/101 use bottleneck
 blocks (3,4,6,3)/(3,4,23,3) with widths 64..512 (x4), 18/34 basic blocks; `depth="small"` is a
 three-stage basic-block ResNet sized for 32x32 digits and laptop CPUs. `width` scales every stage.
-The model returns a list: the output of every stage (the taps F^S_j of Eq. 7) then the embedding.
+The model returns a list: the output of every stage (the taps F^S_j of Eq. 7, outputs named
+`tap_1` ... `tap_n`) then the embedding (`embedding`).
 Inputs are floats in [-1, 1].
 """
 from __future__ import annotations
@@ -88,7 +89,8 @@ def build_student(input_shape, embedding_dim, depth="small", width=32, name="stu
         for b in range(blocks):
             stride = 2 if (b == 0 and stage > 0) else 1
             x = block(x, filters, stride, f"stage{stage + 1}_block{b + 1}")
-        taps.append(x)
+        # F^S_j of Eq. 7, named tap_1 ... tap_n (weightless: old checkpoints still load)
+        taps.append(keras.layers.Activation("linear", name=f"tap_{stage + 1}")(x))
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     embedding = keras.layers.Dense(embedding_dim, name="embedding")(x)
     return keras.Model(inputs, taps + [embedding], name=name)
