@@ -150,13 +150,28 @@ class AlignedCache:
 
 
 def load_face_folders(root: str, aligner, cache_dir: str, chunk_size: int = 500,
-                      progress=None, max_images: int = 0):
+                      progress=None, max_images: int = 0, records=None):
     """Aligned faces of every identity folder under `root`; returns (FaceSet, stats).
 
+    records: (relative paths, identity names) from another listing (a CelebA identity file, an
+    LFW people file...) instead of scanning `root`'s identity folders.
     stats counts images read, aligned, with several faces, centre-cropped, with no face and
     unreadable, with one example path of each kind of failure.
     """
-    paths, names, empty = scan_identity_folders(root)
+    if records is None:
+        paths, names, empty = scan_identity_folders(root)
+        missing = []
+    else:
+        paths, names = list(records[0]), list(records[1])
+        empty = []
+        missing = [p for p in paths if not os.path.isfile(os.path.join(root, p))]
+        if missing:
+            logging.warning("%d listed images are missing under %s (e.g. %s); skipped",
+                            len(missing), root, missing[0])
+            keep = [i for i, p in enumerate(paths) if os.path.isfile(os.path.join(root, p))]
+            paths, names = [paths[i] for i in keep], [names[i] for i in keep]
+        if not paths:
+            raise DataError(f"{root}: none of the listed images exists")
     if max_images:
         paths, names = paths[:max_images], names[:max_images]
     cache = AlignedCache(cache_dir, aligner.key)
@@ -199,7 +214,7 @@ def load_face_folders(root: str, aligner, cache_dir: str, chunk_size: int = 500,
                     [rel for rel, _ in kept])
     stats = {"images": len(paths), "aligned": len(kept),
              "aligned_share": len(kept) / len(paths),
-             "empty_identity_folders": len(empty),
+             "empty_identity_folders": len(empty), "listed_missing": len(missing),
              **{f"status_{k}": int(v) for k, v in sorted(counts.items())},
              "examples": {k: v for k, v in examples.items() if k not in ("ok",)}}
     for kind in ("none", "unreadable"):
