@@ -250,8 +250,9 @@ def main(argv):
     keys = ("real_verification_accuracy", "recon_verification_accuracy",
             "recon_class_agreement", "feature_cosine_mean", "flow_bits_per_dim",
             "blackbox_queries", "seconds_total")
-    print("\n".join(f"{k}: {metrics[k]:.4f}" if isinstance(metrics[k], float)
-                    else f"{k}: {metrics[k]}" for k in keys if k in metrics))
+    if FLAGS.stage not in ("student", "features"):   # those print all their keys below
+        print("\n".join(f"{k}: {metrics[k]:.4f}" if isinstance(metrics[k], float)
+                        else f"{k}: {metrics[k]}" for k in keys if k in metrics))
     if FLAGS.stage == "figure3":
         for key, value in sorted(metrics.items()):
             print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
