@@ -8,7 +8,7 @@ TRAIN_ARGS := $(if $(DATA_DIR),--data_dir=$(DATA_DIR)) $(if $(MATCHER),--matcher
               $(if $(RUN),--run_name=$(RUN)) $(ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: help venv train-blackbox train-student train-flow figure3 ablation-digits test test-all bench tensorboard clean-venv
+.PHONY: help venv evaluate train-blackbox train-student train-flow figure3 ablation-digits test test-all bench tensorboard clean-venv
 
 help:
 	@echo "make train-blackbox   train DiBiGAN in blackbox mode (default: embedded MNIST digits)"
@@ -16,6 +16,8 @@ help:
 	@echo "make train-flow       train the bijection H alone (held-out bits/dim in <run>/flow/)"
 	@echo "make figure3          the paper's Figure 3 for a finished run (second G without L_biject)"
 	@echo "make ablation-digits  Table 2 (A)-(F) on digits, blackbox -> checkpoints/ablation-digits.md"
+	@echo "make evaluate         verification (+ reconstruction attack with GENERATOR=<run>) on any pairs"
+	@echo "                      MATCHER=dlib DATA_DIR=<root> PAIRS=<pairs.txt|.bin> OUT=<dir>"
 	@echo "make test             run the test suite (the fast tests: what CI runs)"
 	@echo "make test-all         run every test, including those marked slow"
 	@echo "make bench            step throughput of H, F^S and G+D (table + checkpoints/bench.json)"
@@ -45,6 +47,14 @@ figure3: venv
 
 ablation-digits: venv
 	$(PY) experiments/ablation.py $(if $(ARGS),--extra="$(ARGS)")
+
+EVAL_ARGS := --matcher=$(or $(MATCHER),dlib) $(if $(DATA_DIR),--data_dir=$(DATA_DIR)) \
+             --pairs=$(PAIRS) --output_dir=$(or $(OUT),checkpoints/evaluate) \
+             $(if $(GENERATOR),--generator=$(GENERATOR)) $(ARGS)
+
+evaluate: venv
+	@test -n "$(PAIRS)" || { echo "make evaluate needs PAIRS=<LFW pairs file or insightface .bin> (and DATA_DIR=<image root> for a pairs file)"; exit 2; }
+	$(PY) experiments/evaluate.py $(EVAL_ARGS)
 
 test: venv
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests

@@ -39,6 +39,7 @@ class StudentConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     max_shift: int = 2
+    center_targets: bool = False    # Eq. 6 on F(x) - mean (see training/student.py)
 
 
 @dataclasses.dataclass
@@ -69,6 +70,7 @@ class RunConfig:
     heldout_fraction: float = 0.25
     align_multiple: str = "largest"
     align_none: str = "skip"
+    align_template: str = "dlib"    # dlib's face chip, or "arcface" (the 112x112 template)
     align_cache_dir: str = ""
     pairs: str = ""
     feature_store_dir: str = ""     # default: <checkpoint_dir>/features (lenet: inside the run)

@@ -13,6 +13,7 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dibigan_tf import keras_compat  # noqa: E402,F401  (selects Keras 2 before TF loads)
+from experiments.matcher_flags import matcher_config  # noqa: E402  (defines the matcher flags)
 
 FLAGS = flags.FLAGS
 
@@ -24,17 +25,6 @@ flags.DEFINE_enum("dataset", "digits", ["digits", "faces"], "Training data (digi
 flags.DEFINE_string("data_dir", "", "Image root for face datasets (<root>/<identity>/<image>, "
                     "or <root>/images/<identity>/<image> as LFW). Setting it selects "
                     "--dataset=faces.")
-flags.DEFINE_integer("align_size", 150, "faces: size of the aligned crops (dlib's face chip: "
-                     "150), what the matcher sees.")
-flags.DEFINE_integer("image_size", 0, "Size F^S, H and G train on (faces: 64 on a CPU, 128 as "
-                     "in the paper's figures; 0: the dataset's own).")
-flags.DEFINE_float("heldout_fraction", 0.25, "faces: share of the people held out (no network "
-                   "trains on them).")
-flags.DEFINE_enum("align_multiple", "largest", ["largest", "central"], "faces: which face of a "
-                  "photo with several.")
-flags.DEFINE_enum("align_none", "skip", ["skip", "center_crop"], "faces: a photo without a "
-                  "detected face is skipped (and counted) or centre-cropped.")
-flags.DEFINE_string("align_cache_dir", "", "Aligned-crop cache (default <checkpoint_dir>/aligned).")
 flags.DEFINE_string("feature_store_dir", "", "Feature store of matchers opened from a file or "
                     "service (default <checkpoint_dir>/features; shared by runs).")
 flags.DEFINE_string("pairs", "", "An LFW pairs file: its pairs among held-out people are "
@@ -42,26 +32,6 @@ flags.DEFINE_string("pairs", "", "An LFW pairs file: its pairs among held-out pe
 flags.DEFINE_enum("mode", "blackbox", ["blackbox", "whitebox"], "blackbox: F^S is distilled "
                   "from F's answers; whitebox: F itself (differentiable: lenet, keras, "
                   "savedmodel) gives L_distill's gradients and no F^S is trained.")
-flags.DEFINE_enum("matcher", "lenet", ["lenet", "keras", "savedmodel", "onnx", "dlib", "http"],
-                  "The matcher F under attack (lenet: trained here on the digits).")
-flags.DEFINE_string("matcher_path", "", "keras/savedmodel/onnx: the model file or directory.")
-flags.DEFINE_string("matcher_url", "", "http: the endpoint (see dibigan_tf/matchers/http.py).")
-flags.DEFINE_integer("matcher_embedding_dim", 0, "http: length of the returned vectors.")
-flags.DEFINE_enum("matcher_http_format", "json", ["json", "npy"], "http: request format.")
-flags.DEFINE_float("matcher_timeout", 30.0, "http: seconds per request.")
-flags.DEFINE_integer("matcher_retries", 3, "http: retries (exponential backoff) per request.")
-flags.DEFINE_integer("matcher_query_budget", 0, "http: images it may send (0: no limit).")
-flags.DEFINE_integer("matcher_input_size", 0, "The matcher's input size when it cannot say "
-                     "(0: the aligned crops').")
-flags.DEFINE_enum("matcher_input_range", "minus1_1", ["minus1_1", "zero_1", "raw", "arcface"],
-                  "keras/savedmodel: the pixel range the model expects.")
-flags.DEFINE_enum("matcher_layout", "", ["", "nchw", "nhwc"], "onnx: input layout (empty: "
-                  "from the model).")
-flags.DEFINE_float("matcher_mean", 127.5, "onnx: (x - mean) / std normalisation.")
-flags.DEFINE_float("matcher_std", 127.5, "onnx: (x - mean) / std normalisation.")
-flags.DEFINE_enum("matcher_channel_order", "rgb", ["rgb", "bgr"], "onnx: channel order.")
-flags.DEFINE_enum("dlib_chip", "aligned", ["aligned", "landmarks"], "dlib: the images are "
-                  "aligned face chips, or dlib's landmark + chip step runs on each.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "tf.distribute strategy.")
 flags.DEFINE_integer("num_gpus", 0, "Replicas for --strategy=mirrored (0: all devices).")
 flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices (tests "
@@ -95,6 +65,9 @@ flags.DEFINE_string("student_depth", "small", "ResNet depth of F^S: small, 18, 3
 flags.DEFINE_integer("student_width", 16, "Channels of F^S's first stage (64: standard).")
 flags.DEFINE_integer("student_epochs", 10, "F^S distillation epochs.")
 flags.DEFINE_integer("student_batch_size", 64, "F^S batch size.")
+flags.DEFINE_bool("student_center_targets", False, "Eq. 6 on F(x) minus the mean training "
+                  "feature (for matchers whose features share a dominant direction, like "
+                  "dlib's; see dibigan_tf/training/student.py).")
 # flow
 flags.DEFINE_integer("flow_steps", 5, "Sub-mappings of H (5 in the paper).")
 flags.DEFINE_integer("flow_hidden_channels", 32, "Feature maps of H's residual blocks.")
@@ -191,6 +164,7 @@ def build_config():
         data_dir=FLAGS.data_dir, mode=FLAGS.mode, align_size=FLAGS.align_size,
         image_size=FLAGS.image_size, heldout_fraction=FLAGS.heldout_fraction,
         align_multiple=FLAGS.align_multiple, align_none=FLAGS.align_none,
+        align_template=FLAGS.align_template,
         align_cache_dir=FLAGS.align_cache_dir, pairs=FLAGS.pairs,
         feature_store_dir=FLAGS.feature_store_dir, strategy=FLAGS.strategy,
         num_gpus=FLAGS.num_gpus, seed=FLAGS.seed, holdout_per_class=FLAGS.holdout_per_class,
@@ -201,18 +175,10 @@ def build_config():
         checkpoint_every_seconds=FLAGS.checkpoint_every_seconds,
         checkpoint_every_steps=FLAGS.checkpoint_every_steps,
         stop_after_steps=FLAGS.stop_after_steps,
-        matcher=MatcherConfig(name=FLAGS.matcher, feature_dim=FLAGS.matcher_feature_dim,
-                              epochs=FLAGS.matcher_epochs, path=FLAGS.matcher_path,
-                              url=FLAGS.matcher_url,
-                              embedding_dim=FLAGS.matcher_embedding_dim,
-                              http_format=FLAGS.matcher_http_format,
-                              timeout=FLAGS.matcher_timeout, retries=FLAGS.matcher_retries,
-                              query_budget=FLAGS.matcher_query_budget,
-                              input_size=FLAGS.matcher_input_size,
-                              input_range=FLAGS.matcher_input_range, layout=FLAGS.matcher_layout,
-                              mean=FLAGS.matcher_mean, std=FLAGS.matcher_std,
-                              channel_order=FLAGS.matcher_channel_order, chip=FLAGS.dlib_chip),
+        matcher=matcher_config(feature_dim=FLAGS.matcher_feature_dim,
+                               epochs=FLAGS.matcher_epochs),
         student=StudentConfig(depth=FLAGS.student_depth, width=FLAGS.student_width,
+                              center_targets=FLAGS.student_center_targets,
                               epochs=FLAGS.student_epochs, batch_size=FLAGS.student_batch_size),
         flow=FlowConfig(num_steps=FLAGS.flow_steps, hidden_channels=FLAGS.flow_hidden_channels,
                         num_res_blocks=FLAGS.flow_res_blocks, mixing=FLAGS.flow_mixing,

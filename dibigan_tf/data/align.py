@@ -94,3 +94,34 @@ class DlibAligner:
         top, left = (h - side) // 2, (w - side) // 2
         crop = image[top:top + side, left:left + side]
         return np.asarray(Image.fromarray(crop).resize((self.size, self.size), Image.BICUBIC))
+
+
+class ResizeOnly:
+    """No alignment: the whole image resized to `size` (for crops that are already aligned,
+    such as insightface's or CASIA-WebFace's aligned releases, and for non-face images)."""
+
+    def __init__(self, size: int):
+        self.size = int(size)
+
+    @property
+    def key(self) -> str:
+        return f"resize-{self.size}"
+
+    def align(self, image: np.ndarray) -> AlignResult:
+        out = Image.fromarray(np.ascontiguousarray(image)).resize((self.size, self.size),
+                                                                  Image.BICUBIC)
+        return AlignResult(np.asarray(out, dtype=np.uint8), "ok", 1)
+
+
+def make_aligner(template: str = "dlib", size: int = 150, multiple: str = "largest",
+                 none: str = "skip"):
+    """The aligner of a template: "dlib" (dlib's face chip), "arcface" (the ArcFace 112x112
+    five-point template, scaled to `size`) or "none" (the whole image, resized)."""
+    if template == "none":
+        return ResizeOnly(size)
+    if template == "dlib":
+        return DlibAligner(size=size, multiple=multiple, none=none)
+    if template == "arcface":
+        from dibigan_tf.data.similarity import ArcFaceAligner
+        return ArcFaceAligner(size=size, multiple=multiple, none=none)
+    raise ValueError(f"unknown alignment template {template!r} (dlib, arcface, none)")

@@ -390,3 +390,55 @@ class GanTrainer:
             v = rng.standard_normal((len(f), self.cfg.latent_dim)).astype(np.float32)
             out.append(to_uint8(fn(tf.constant(v), tf.constant(f)).numpy()))
         return np.concatenate(out)
+
+
+class TrainedGenerator:
+    """The EMA generator of a finished (or interrupted) run, for reconstruction outside training:
+    `TrainedGenerator(run_dir)(features, seed)` -> uint8 images at full resolution.
+
+    G's structure is rebuilt from the run's `config.json` (its `gan` section), the feature size
+    and the condition's mean/scale are read from the `gan` checkpoint, and only G_ema's weights
+    are restored (every one of them is checked to be in the checkpoint)."""
+
+    def __init__(self, run_dir: str, stage_name: str = "gan"):
+        import json
+        import os
+        config_path = os.path.join(run_dir, "config.json")
+        ckpt = tf.train.latest_checkpoint(os.path.join(run_dir, stage_name, "ckpt"))
+        if not os.path.exists(config_path) or ckpt is None:
+            raise ValueError(f"{run_dir}: not a run with a trained generator (needs config.json "
+                             f"and {stage_name}/ckpt)")
+        with open(config_path) as handle:
+            saved = json.load(handle)
+        fields = {f.name for f in dataclasses.fields(GanConfig)}
+        self.cfg = GanConfig(**{k: v for k, v in saved["gan"].items() if k in fields})
+        reader = tf.train.load_checkpoint(ckpt)
+        mean = reader.get_tensor("feature_mean/.ATTRIBUTES/VARIABLE_VALUE")
+        std = reader.get_tensor("feature_std/.ATTRIBUTES/VARIABLE_VALUE")
+        self.feature_dim = int(mean.shape[-1])
+        self.channels = 1 if saved.get("dataset", "digits") == "digits" else 3
+        _, self.ema, _ = build_networks(self.cfg, self.feature_dim, self.channels)
+        self.feature_mean = tf.constant(mean)
+        self.feature_std = tf.constant(std)
+        status = tf.train.Checkpoint(generator_ema=self.ema).restore(ckpt)
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+        self.resolution = self.cfg.schedule().resolution(self.cfg.num_blocks - 1)
+        last = self.cfg.num_blocks - 1
+        self._fn = tf.function(lambda v, f: self.ema(
+            v, (f - self.feature_mean) / self.feature_std, stage=last, alpha=1.0,
+            training=False))
+
+    def __call__(self, features, seed=0, batch_size=250, v=None):
+        features = np.asarray(features, np.float32)
+        if features.ndim != 2 or features.shape[1] != self.feature_dim:
+            raise ValueError(f"the generator takes {self.feature_dim}-D features, got "
+                             f"{features.shape}")
+        rng = np.random.default_rng(seed)
+        out = []
+        for i in range(0, len(features), batch_size):
+            f = features[i:i + batch_size]
+            vv = (rng.standard_normal((len(f), self.cfg.latent_dim)).astype(np.float32)
+                  if v is None else np.asarray(v[i:i + batch_size], np.float32))
+            out.append(to_uint8(self._fn(tf.constant(vv), tf.constant(f)).numpy()))
+        return np.concatenate(out)

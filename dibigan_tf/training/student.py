@@ -1,6 +1,8 @@
 """Distilling the student F^S from the blackbox F's stored features (Eq. 6, section 3.3)."""
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
@@ -12,6 +14,10 @@ from dibigan_tf.training.common import Stage, build_optimizer
 from dibigan_tf.training.loops import distributed_step, run_phase
 
 
+# model -> its target mean variable (not an attribute: Keras would track it as a model weight)
+_TARGET_MEANS = weakref.WeakKeyDictionary()
+
+
 def make_student(strategy, image_shape, embedding_dim, depth="small", width=32):
     with strategy.scope():
         return build_student(image_shape, embedding_dim, depth=depth, width=width)
@@ -19,16 +25,31 @@ def make_student(strategy, image_shape, embedding_dim, depth="small", width=32):
 
 def train_student(run_dir, strategy, images, features, *, depth="small", width=32, epochs=10,
                   batch_size=64, learning_rate=1e-3, max_shift=2, seed=1, log_every=20,
-                  **loop_kwargs):
+                  center_targets=False, **loop_kwargs):
     """Trains F^S on (image, F(image)) pairs with Eq. 6 (or resumes); returns (model, stage).
 
     images: uint8 [n, h, w, c]; features: the blackbox embeddings from the feature store.
     Random shifts of up to `max_shift` pixels make the student see more than the exact training
     images (the generator's reconstructions are never pixel-exact).
+
+    center_targets: Eq. 6 on F(x) - mu, mu the mean training feature (kept in the stage's
+    checkpoint as `target_mean`; `student_embed` adds it back). The paper's ArcFace features are spread
+    over the unit sphere, so the cosine of Eq. 6 measures identity; dlib's share one dominant
+    direction (on LFW, predicting the mean feature for every face already gives cosine 0.91), so
+    the raw cosine barely sees identity and its gradient (1 - cos) vanishes. F^S's output (and so
+    the cosine term of Eq. 7 in the GAN) then lives in the centred space. Off by default (the
+    paper's Eq. 6 as written; the digits default).
     """
     model = make_student(strategy, images.shape[1:], features.shape[1], depth, width)
     optimizer = build_optimizer(strategy, model.trainable_variables, learning_rate)
-    stage = Stage(run_dir, "student", strategy, {"model": model, "optimizer": optimizer})
+    mean = features.mean(axis=0) if center_targets else np.zeros(features.shape[1])
+    with strategy.scope():
+        target_mean = tf.Variable(mean.astype(np.float32), trainable=False, name="target_mean")
+    _TARGET_MEANS[model] = target_mean
+    objects = {"model": model, "optimizer": optimizer}
+    if center_targets:
+        objects["target_mean"] = target_mean
+    stage = Stage(run_dir, "student", strategy, objects)
     stage.restore()
     if stage.is_done():
         return model, stage
@@ -38,7 +59,7 @@ def train_student(run_dir, strategy, images, features, *, depth="small", width=3
         x = random_shift(uint8_to_unit(batch["images"]), max_shift)
         with tf.GradientTape() as tape:
             embedding = model(x, training=True)[-1]
-            per_example = losses.cosine_distill_loss(batch["features"], embedding)
+            per_example = losses.cosine_distill_loss(batch["features"] - target_mean, embedding)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -53,7 +74,12 @@ def train_student(run_dir, strategy, images, features, *, depth="small", width=3
 
 
 def student_embed(model, images, batch_size=500):
-    """F^S embeddings of uint8 images (inference mode)."""
-    fn = tf.function(lambda x: model(uint8_to_unit(x), training=False)[-1])
+    """F^S embeddings of uint8 images (inference mode), in F's space (the training mean added
+    back when the student learnt centred targets)."""
+    offset = _TARGET_MEANS.get(model)
+    offset = tf.zeros([]) if offset is None else tf.convert_to_tensor(offset)
+    # one trace for every batch, the shorter last one included
+    fn = tf.function(lambda x: model(uint8_to_unit(x), training=False)[-1] + offset,
+                     input_signature=[tf.TensorSpec([None] + list(images.shape[1:]), tf.uint8)])
     return np.concatenate([fn(tf.constant(images[i:i + batch_size])).numpy()
                            for i in range(0, len(images), batch_size)])

@@ -59,3 +59,73 @@ def test_flow_stage_alone_then_loaded_by_a_run(tmp_path):
     done = tmp_path / "r" / "gan" / "done.json"
     done.write_text(done.read_text().replace('"step"', '"step_of_another_run"'))
     assert _extra_report_keys(str(tmp_path / "r" / "report"), str(tmp_path / "r")) == {}
+
+    # The trained G outside training: TrainedGenerator rebuilds G_ema from the run and gives the
+    # run's own reconstructions (same seed, same v), so F's cosine matches the report exactly
+    _trained_generator_and_evaluate_cli(tmp_path, tmp_path / "r", report)
+
+
+def _trained_generator_and_evaluate_cli(tmp_path, run_dir, report):
+    import numpy as np
+    from PIL import Image
+    from dibigan_tf.data.digits import load_embedded_digits
+    from dibigan_tf.evaluation.verification import cosine_similarity_rows
+    from dibigan_tf.keras_compat import keras
+    from dibigan_tf.matchers.lenet import LeNetMatcher
+    from dibigan_tf.models.lenet import feature_model
+    from dibigan_tf.training.gan import TrainedGenerator
+    split = json.loads((run_dir / "split.json").read_text())
+    digits = load_embedded_digits()
+    held = digits.subset(np.array(split["heldout"]))
+    classifier = keras.models.load_model(str(run_dir / "matcher" / "lenet.keras"), compile=False)
+    lenet = LeNetMatcher(classifier)
+    feats = lenet.embed(held.images)
+    generator = TrainedGenerator(str(run_dir))
+    recons = generator(feats, seed=0)
+    assert recons.shape == held.images.shape and recons.dtype == np.uint8
+    cosine = float(np.mean(cosine_similarity_rows(lenet.embed(recons), feats)))
+    assert abs(cosine - report["feature_cosine_mean"]) < 1e-4, (cosine, report)
+
+    # experiments/evaluate.py --generator on an LFW-format folder of the held-out digits
+    root = tmp_path / "digits"
+    from dibigan_tf.data.faces import lfw_file_name
+    names = [f"d{label}" for label in held.labels]
+    counts = {}
+    for image, name in zip(held.images, names):
+        counts[name] = counts.get(name, 0) + 1
+        path = root / lfw_file_name(name, counts[name])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[..., 0]).save(path, quality=100)
+    lines = [f"d{c}\t1\t2" for c in range(10)] + [f"d{c}\t1\td{(c + 1) % 10}\t3"
+                                                  for c in range(10)]
+    (root / "pairs.txt").write_text("20\n" + "\n".join(lines) + "\n")
+    feature_model(classifier).save(str(tmp_path / "lenet_features.keras"))
+    out = tmp_path / "eval"
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "evaluate.py"), "--matcher=keras",
+           f"--matcher_path={tmp_path / 'lenet_features.keras'}", f"--data_dir={root}",
+           f"--pairs={root / 'pairs.txt'}", f"--output_dir={out}", "--align_template=none",
+           "--align_size=32", f"--generator={run_dir}", "--ms_ssim_pairs=10"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("real_verification_accuracy", "recon_verification_accuracy",
+                "attack_type1_tar_at_far_1e-03", "attack_type2_tar_at_far_1e-04",
+                "ms_ssim_recon", "ms_ssim_real", "feature_cosine_mean"):
+        assert 0.0 <= metrics[key] <= 1.0, (key, metrics)
+    assert metrics["images"] == 30 and metrics["blackbox_queries"] == 60   # 30 real + 30 recon
+    assert (out / "reconstructions.png").exists()
+    # the same numbers in-process: the JPEG files read back, F (as a Keras file), G, F again
+    from dibigan_tf.data.faces import read_rgb
+    used = []                     # evaluate.py's order: first appearance in the pairs file
+    for line in lines:
+        p = line.split("\t")
+        for key in ([(p[0], int(p[1])), (p[0], int(p[2]))] if len(p) == 3
+                    else [(p[0], int(p[1])), (p[2], int(p[3]))]):
+            if key not in used:
+                used.append(key)
+    images = np.stack([read_rgb(str(root / lfw_file_name(n, i))) for n, i in used])
+    grey = np.round(images.astype(np.float32).mean(axis=-1, keepdims=True)).astype(np.uint8)
+    real = lenet.embed(grey)
+    recon_feats = lenet.embed(generator(real, seed=0))
+    expected = float(np.mean(cosine_similarity_rows(recon_feats, real)))
+    assert abs(metrics["feature_cosine_mean"] - expected) < 1e-3, (metrics, expected)

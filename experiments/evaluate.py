@@ -1,0 +1,223 @@
+"""Evaluate a matcher, and optionally a trained generator, on any verification pairs.
+
+    python experiments/evaluate.py --matcher=dlib --data_dir=<LFW root> \\
+        --pairs=<root>/pairs.txt --output_dir=out [--generator=checkpoints/<run>]
+    python experiments/evaluate.py --matcher=onnx --matcher_path=arcface.onnx \\
+        --pairs=lfw.bin --output_dir=out
+
+--pairs is an LFW pairs file (images read from --data_dir, `<name>/<name>_NNNN.jpg`, under the
+root or its images/ folder, and aligned like the training data, with the same cache) or an
+insightface verification `.bin` (already aligned crops; `--bin_realign` aligns them again onto
+--align_template). Every image is sent to the matcher once (the feature store). The verification
+protocol uses the pairs file's order as its 10 folds.
+
+With --generator (a run directory with a trained G), each image is reconstructed from its
+features and the paper's protocols run: the reconstruction protocol (the first image of every
+positive pair replaced by its reconstruction), type-I and type-II attack success as TAR at
+FAR = 0.1% and 0.01% (threshold from the real impostor pairs), MS-SSIM between images of the
+different-people pairs (reconstructions and real), and, with --inception_weights, the Inception
+Score. Writes <output_dir>/metrics.json (the training report's keys where they mean the same) and
+<output_dir>/reconstructions.png.
+"""
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dibigan_tf import keras_compat  # noqa: E402,F401  (selects Keras 2 before TF loads)
+from experiments.matcher_flags import matcher_config  # noqa: E402  (defines the matcher flags)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_dir", "", "Image root of an LFW pairs file (<root>/<name>/... or "
+                    "<root>/images/<name>/...).")
+flags.DEFINE_string("pairs", "", "An LFW pairs file or an insightface verification .bin.")
+flags.DEFINE_string("output_dir", "", "Where metrics.json (and figures) are written.")
+flags.DEFINE_string("generator", "", "A run directory with a trained G (for the reconstruction "
+                    "protocol); empty: only the matcher is evaluated.")
+flags.DEFINE_string("feature_store_dir", "", "Feature store (default <output_dir>/features; "
+                    "point it at a training run's store to reuse its answers).")
+flags.DEFINE_string("inception_weights", "", "InceptionV3 ImageNet weights (.h5, local) for "
+                    "the Inception Score of the reconstructions (empty: no Inception Score).")
+flags.DEFINE_bool("bin_realign", False, ".bin pairs: align the crops again onto "
+                  "--align_template (e.g. dlib's chip for --matcher=dlib).")
+flags.DEFINE_integer("max_pairs", 0, "Use only the first pairs (0: all).")
+flags.DEFINE_integer("seed", 0, "Seed of the generator's v.")
+flags.DEFINE_integer("ms_ssim_pairs", 500, "Different-people pairs for MS-SSIM.")
+
+
+def _pair_images(align_key_out):
+    """(images uint8 [n,h,w,3], names [n], idx_a, idx_b, is_same) of the pairs."""
+    import numpy as np
+    from dibigan_tf.data.digits import DataError
+    from dibigan_tf.data.faces import (load_face_folders, lfw_file_name, read_lfw_pairs)
+    if FLAGS.pairs.endswith(".bin"):
+        from dibigan_tf.data.insightface_bin import read_verification_bin
+        images, same = read_verification_bin(FLAGS.pairs, max_pairs=FLAGS.max_pairs)
+        n = len(same)
+        names = [f"pair{i // 2}" if same[i // 2] else f"pair{i // 2}_{i % 2}"
+                 for i in range(2 * n)]
+        if FLAGS.bin_realign:
+            images = _realign(images)
+        return images, names, np.arange(0, 2 * n, 2), np.arange(1, 2 * n, 2), same
+    if not FLAGS.data_dir:
+        raise DataError("an LFW pairs file needs --data_dir (the image root)")
+    pairs = read_lfw_pairs(FLAGS.pairs)
+    if FLAGS.max_pairs:
+        pairs = pairs[:FLAGS.max_pairs]
+    base = FLAGS.data_dir
+    sub = "images" if os.path.isdir(os.path.join(base, "images")) else ""
+    wanted, index = [], {}
+    for n1, i1, n2, i2, _ in pairs:
+        for name, number in ((n1, i1), (n2, i2)):
+            rel = os.path.join(sub, lfw_file_name(name, number))
+            if rel not in index:
+                index[rel] = len(wanted)
+                wanted.append((rel, name))
+    faces, stats = load_face_folders(base, _aligner(), _align_cache(),
+                                     records=([r for r, _ in wanted], [n for _, n in wanted]))
+    align_key_out.update(stats)
+    where = {p: i for i, p in enumerate(faces.paths)}
+    a, b, same, dropped = [], [], [], 0
+    for n1, i1, n2, i2, is_same in pairs:
+        p1 = os.path.join(sub, lfw_file_name(n1, i1))
+        p2 = os.path.join(sub, lfw_file_name(n2, i2))
+        if p1 in where and p2 in where:
+            a.append(where[p1])
+            b.append(where[p2])
+            same.append(is_same)
+        else:
+            dropped += 1
+    if dropped:
+        logging.warning("%d of %d pairs dropped: an image is missing, unreadable or has no face",
+                        dropped, len(pairs))
+    align_key_out["pairs_dropped"] = dropped
+    names = [faces.class_names[label] for label in faces.labels]
+    return (faces.images, names, np.array(a), np.array(b), np.array(same, bool))
+
+
+def _aligner():
+    from dibigan_tf.data.align import make_aligner
+    return make_aligner(FLAGS.align_template, FLAGS.align_size, FLAGS.align_multiple,
+                        FLAGS.align_none)
+
+
+def _align_cache():
+    return FLAGS.align_cache_dir or os.path.join(FLAGS.output_dir, "aligned")
+
+
+def _realign(images):
+    import numpy as np
+    aligner = _aligner()
+    out = []
+    for image in images:
+        result = aligner.align(image)
+        out.append(result.image if result.image is not None
+                   else aligner._center_crop(image))   # a pair is never dropped silently
+    return np.stack(out)
+
+
+def evaluate():
+    import numpy as np
+    from dibigan_tf.data.faces import resize_images
+    from dibigan_tf.evaluation import verification as ver
+    from dibigan_tf.evaluation.attack import (attack_success, inception_score, load_inception,
+                                              ms_ssim_of)
+    from dibigan_tf.matchers.registry import open_matcher
+    from dibigan_tf.matchers.store import FeatureStore
+    from dibigan_tf.training.pipeline import matcher_images, progress_callback
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    stats = {}
+    images, names, idx_a, idx_b, same = _pair_images(stats)
+    matcher = open_matcher(matcher_config(), images.shape[1:])
+    store = FeatureStore(FLAGS.feature_store_dir or os.path.join(FLAGS.output_dir, "features"),
+                         matcher, progress=progress_callback("features", "image"))
+    feats = store.features(matcher_images(matcher, images))
+    folds = min(10, len(same))
+    real = ver.verification_metrics(feats[idx_a], feats[idx_b], same, num_folds=folds,
+                                    fars=(1e-3, 1e-4))
+    metrics = {"pairs": FLAGS.pairs, "num_pairs_positive": int(same.sum()),
+               "num_pairs_negative": int((~same).sum()), "images": int(len(images)),
+               "matcher": matcher.store_key,
+               "real_verification_accuracy": real["accuracy"],
+               "real_verification_accuracy_std": real["accuracy_std"],
+               "real_tar_at_far_1e-03": real["tar_at_far_1e-03"],
+               "real_tar_at_far_1e-04": real["tar_at_far_1e-04"]}
+    metrics.update({f"align_{k}": v for k, v in stats.items() if not isinstance(v, dict)})
+    different = ~same
+    k = min(FLAGS.ms_ssim_pairs, int(different.sum()))
+    if FLAGS.generator:
+        from dibigan_tf.training.gan import TrainedGenerator
+        generator = TrainedGenerator(FLAGS.generator)
+        recons = generator(feats, seed=FLAGS.seed)
+        recon_feats = store.features(matcher_images(matcher, recons))
+        recon = ver.reconstruction_protocol(feats, recon_feats, idx_a, idx_b, same,
+                                            num_folds=folds, fars=(1e-3, 1e-4))
+        metrics.update({
+            "recon_verification_accuracy": recon["accuracy"],
+            "recon_verification_accuracy_std": recon["accuracy_std"],
+            "recon_tar_at_far_1e-03": recon["tar_at_far_1e-03"],
+            "recon_tar_at_far_1e-04": recon["tar_at_far_1e-04"],
+            "feature_cosine_mean": float(np.mean(ver.cosine_similarity_rows(recon_feats,
+                                                                            feats)))})
+        metrics.update(attack_success(feats, recon_feats, idx_a, idx_b, same))
+        if k:
+            metrics["ms_ssim_recon"] = ms_ssim_of(recons[idx_a[different][:k]],
+                                                  recons[idx_b[different][:k]])
+            size = recons.shape[1]
+            small = resize_images(images, size) if images.shape[1] != size else images
+            metrics["ms_ssim_real"] = ms_ssim_of(small[idx_a[different][:k]],
+                                                 small[idx_b[different][:k]])
+        if FLAGS.inception_weights:
+            score, std = inception_score(recons, load_inception(FLAGS.inception_weights))
+            metrics["inception_score"], metrics["inception_score_std"] = score, std
+        _figure(images, recons, os.path.join(FLAGS.output_dir, "reconstructions.png"))
+    metrics["blackbox_queries"] = store.total_queries
+    metrics["blackbox_queries_this_run"] = store.session_queries
+    path = os.path.join(FLAGS.output_dir, "metrics.json")
+    with open(path + ".tmp", "w") as handle:
+        json.dump(metrics, handle, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return metrics, path
+
+
+def _figure(images, recons, path, count=16):
+    """Pairs of columns: input (resized to G's size) | reconstruction."""
+    import numpy as np
+    from PIL import Image
+    from dibigan_tf.data.faces import resize_images
+    n = min(count, len(images))
+    real = resize_images(images[:n], recons.shape[1])
+    if real.shape[-1] != recons.shape[-1]:
+        real = real.mean(axis=-1, keepdims=True).astype(np.uint8)
+    rows = [np.concatenate([r, g], axis=1) for r, g in zip(real, recons[:n])]
+    grid = np.concatenate(rows, axis=0)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.pairs or not FLAGS.output_dir:
+        raise app.UsageError("--pairs and --output_dir are needed")
+    if FLAGS.matcher == "lenet":
+        raise app.UsageError("evaluate.py needs a matcher it can open: --matcher=dlib, onnx, "
+                             "keras, savedmodel or http")
+    from dibigan_tf.data.digits import DataError
+    from dibigan_tf.evaluation.attack import InceptionError
+    from dibigan_tf.matchers.base import MatcherError
+    try:
+        metrics, path = evaluate()
+    except (DataError, MatcherError, InceptionError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for key, value in sorted(metrics.items()):
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"metrics: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,103 @@
+"""`experiments/evaluate.py`: any LFW-format folder and pairs file (dlib, with alignment) or an
+insightface `.bin` (a Keras matcher); a `.bin` that tries to run code is refused."""
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.training.test_pipeline_resume import ROOT
+
+EVALUATE = os.path.join(ROOT, "experiments", "evaluate.py")
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, EVALUATE] + list(args), capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def test_lfw_folder_and_pairs_with_dlib(tmp_path):
+    pytest.importorskip("dlib", reason="dlib-bin is not installed")
+    pytest.importorskip("skimage.data", reason="scikit-image ships the face photo")
+    from tests.training.test_faces_student import _write_people
+    data = tmp_path / "people"
+    _write_people(data)          # 6 people x 4 photos (+ one broken file of Person_0)
+    lines = ["6"] + [f"Person_{p}\t1\t{k}" for p in (1, 2, 3) for k in (2, 3)] + \
+        [f"Person_{p}\t1\tPerson_{p + 1}\t2" for p in (0, 1, 2, 3, 4)] + ["Person_0\t1\tPerson_5\t4"]
+    lines.append("Person_0\t9\tPerson_5\t1")   # the broken image: the pair is dropped, counted
+    (data / "pairs.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "eval"
+    args = ["--matcher=dlib", f"--data_dir={data}", f"--pairs={data / 'pairs.txt'}",
+            f"--output_dir={out}", "--align_size=112"]
+    run = _run(*args)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_pairs_positive"] == 6 and metrics["num_pairs_negative"] == 6
+    assert metrics["align_pairs_dropped"] == 1 and metrics["align_status_unreadable"] == 1
+    assert 0.0 <= metrics["real_verification_accuracy"] <= 1.0
+    named = set()
+    for line in lines[1:]:
+        parts = line.split("\t")
+        named |= ({(parts[0], parts[1]), (parts[0], parts[2])} if len(parts) == 3
+                  else {(parts[0], parts[1]), (parts[2], parts[3])})
+    unique = len(named - {("Person_0", "9")})   # every readable image named by a pair
+    assert metrics["images"] == unique and metrics["blackbox_queries"] == unique
+    again = _run(*args)
+    assert again.returncode == 0
+    assert json.loads((out / "metrics.json").read_text())["blackbox_queries_this_run"] == 0
+
+
+def _bin(path, images, same, protocol=4):
+    bins = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=95)
+        bins.append(buffer.getvalue())
+    path.write_bytes(pickle.dumps((bins, list(same)), protocol=protocol))
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_bin_pairs_with_a_keras_matcher_and_a_malicious_bin(tmp_path):
+    from dibigan_tf.keras_compat import keras
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(8)(x)).save(str(tmp_path / "m.keras"))
+    # 10 "people": each a colour; a pair of the same person = two noisy copies of its colour
+    people = rng.integers(0, 256, (10, 3))
+    images, same = [], []
+    for i in range(20):
+        a = i % 10
+        b = a if i < 10 else (a + 1) % 10
+        for person in (a, b):
+            noise = rng.normal(0, 8, (40, 40, 3))
+            images.append(np.clip(people[person] + noise, 0, 255).astype(np.uint8))
+        same.append(a == b)
+    _bin(tmp_path / "pairs.bin", images, same)
+    out = tmp_path / "eval"
+    run = _run("--matcher=keras", f"--matcher_path={tmp_path / 'm.keras'}",
+               f"--pairs={tmp_path / 'pairs.bin'}", f"--output_dir={out}",
+               "--align_template=none", "--align_size=16")
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_pairs_positive"] == 10 and metrics["num_pairs_negative"] == 10
+    assert metrics["images"] == 40 and metrics["blackbox_queries"] == 40
+    assert "real_verification_accuracy: " in run.stdout
+
+    exploit = _Exploit()
+    exploit.target = str(tmp_path / "pwned")
+    (tmp_path / "evil.bin").write_bytes(pickle.dumps(([b"x", b"y"], [exploit])))
+    bad = _run("--matcher=keras", f"--matcher_path={tmp_path / 'm.keras'}",
+               f"--pairs={tmp_path / 'evil.bin'}", f"--output_dir={tmp_path / 'e2'}")
+    assert bad.returncode == 2 and "refuses to load" in bad.stderr
+    assert not (tmp_path / "pwned").exists()
