@@ -73,6 +73,7 @@ class RunConfig:
     align_template: str = "dlib"    # dlib's face chip, or "arcface" (the 112x112 template)
     align_cache_dir: str = ""
     pairs: str = ""
+    people: str = ""                # faces: an LFW people file listing the images to use
     feature_store_dir: str = ""     # default: <checkpoint_dir>/features (lenet: inside the run)
     mode: str = "blackbox"
     strategy: str = "default"

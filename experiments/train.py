@@ -20,8 +20,11 @@ FLAGS = flags.FLAGS
 # run
 flags.DEFINE_string("run_name", "digits-blackbox", "Run folder under --checkpoint_dir.")
 flags.DEFINE_string("checkpoint_dir", "checkpoints", "Where runs are written.")
-flags.DEFINE_enum("dataset", "digits", ["digits", "faces"], "Training data (digits: embedded "
-                  "MNIST; faces: identity folders under --data_dir, aligned by dlib).")
+flags.DEFINE_enum("dataset", "digits", ["digits", "faces", "celeba"], "Training data (digits: "
+                  "embedded MNIST; faces: identity folders under --data_dir, aligned by dlib; "
+                  "celeba: CelebA's identity file and photos under --data_dir).")
+flags.DEFINE_string("people", "", "faces: an LFW people file (name count) listing the images "
+                    "to use instead of every identity folder.")
 flags.DEFINE_string("data_dir", "", "Image root for face datasets (<root>/<identity>/<image>, "
                     "or <root>/images/<identity>/<image> as LFW). Setting it selects "
                     "--dataset=faces.")
@@ -36,8 +39,9 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "tf.distribute
 flags.DEFINE_integer("num_gpus", 0, "Replicas for --strategy=mirrored (0: all devices).")
 flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices (tests "
                      "and CPU runs of --strategy=mirrored).")
-flags.DEFINE_enum("stage", "all", ["all", "features", "student", "flow", "figure3"],
-                  "all: every stage and the report; features: only F's answers for every image, "
+flags.DEFINE_enum("stage", "all", ["all", "align", "features", "student", "flow", "figure3"],
+                  "all: every stage and the report; align: only the face alignment (counts and "
+                  "photos/s); features: only F's answers for every image, "
                   "into the feature store; student: only F and F^S, with F^S measured "
                   "on held-out people in <run>/student/metrics.json; flow: only H, with held-out bits per "
                   "dimension in <run>/flow/metrics.json; figure3: the paper's Figure 3 (a second "
@@ -156,7 +160,7 @@ def build_config():
             dataset = "faces"
         else:
             raise app.UsageError("--data_dir is for --dataset=faces (digits are embedded)")
-    if dataset == "faces" and FLAGS.matcher == "lenet":
+    if dataset != "digits" and FLAGS.matcher == "lenet":
         raise app.UsageError("--dataset=faces needs a face matcher: --matcher=dlib (or onnx, "
                              "keras, savedmodel, http)")
     return RunConfig(
@@ -165,7 +169,7 @@ def build_config():
         image_size=FLAGS.image_size, heldout_fraction=FLAGS.heldout_fraction,
         align_multiple=FLAGS.align_multiple, align_none=FLAGS.align_none,
         align_template=FLAGS.align_template,
-        align_cache_dir=FLAGS.align_cache_dir, pairs=FLAGS.pairs,
+        align_cache_dir=FLAGS.align_cache_dir, pairs=FLAGS.pairs, people=FLAGS.people,
         feature_store_dir=FLAGS.feature_store_dir, strategy=FLAGS.strategy,
         num_gpus=FLAGS.num_gpus, seed=FLAGS.seed, holdout_per_class=FLAGS.holdout_per_class,
         max_train_images=FLAGS.max_train_images,
@@ -201,11 +205,12 @@ def main(argv):
     from dibigan_tf.data.digits import DataError
     from dibigan_tf.matchers.base import MatcherError
     from dibigan_tf.training.common import StopRequested, TrainingError
-    from dibigan_tf.training.pipeline import (run_blackbox, run_features, run_figure3,
-                                             run_flow, run_student)
+    from dibigan_tf.training.pipeline import (run_align, run_blackbox, run_features,
+                                             run_figure3, run_flow, run_student)
     try:
         metrics = {"flow": run_flow, "figure3": run_figure3, "all": run_blackbox,
-                   "student": run_student, "features": run_features}[FLAGS.stage](cfg)
+                   "student": run_student, "features": run_features,
+                   "align": run_align}[FLAGS.stage](cfg)
     except StopRequested as stop:
         print(f"stopped: {stop}")
         return 3
@@ -216,7 +221,7 @@ def main(argv):
     keys = ("real_verification_accuracy", "recon_verification_accuracy",
             "recon_class_agreement", "feature_cosine_mean", "flow_bits_per_dim",
             "blackbox_queries", "seconds_total")
-    if FLAGS.stage not in ("student", "features"):   # those print all their keys below
+    if FLAGS.stage not in ("student", "features", "align"):   # those print all their keys below
         print("\n".join(f"{k}: {metrics[k]:.4f}" if isinstance(metrics[k], float)
                         else f"{k}: {metrics[k]}" for k in keys if k in metrics))
     if FLAGS.stage == "figure3":
@@ -224,7 +229,7 @@ def main(argv):
             print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
         print(f"figure: {os.path.join(cfg.checkpoint_dir, cfg.run_name, 'report', 'figure3.png')}")
         return 0
-    if FLAGS.stage in ("student", "features"):
+    if FLAGS.stage in ("student", "features", "align"):
         for key, value in sorted(metrics.items()):
             if not isinstance(value, dict):
                 print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")

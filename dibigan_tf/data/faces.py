@@ -212,7 +212,7 @@ def load_face_folders(root: str, aligner, cache_dir: str, chunk_size: int = 500,
     faces = FaceSet(np.stack(images).astype(np.uint8),
                     np.array([index[name] for _, name in kept], dtype=np.int64), class_names,
                     [rel for rel, _ in kept])
-    stats = {"images": len(paths), "aligned": len(kept),
+    stats = {"images": len(paths), "aligned": len(kept), "aligned_this_pass": len(todo),
              "aligned_share": len(kept) / len(paths),
              "empty_identity_folders": len(empty), "listed_missing": len(missing),
              **{f"status_{k}": int(v) for k, v in sorted(counts.items())},
@@ -261,6 +261,26 @@ def read_lfw_pairs(path: str):
         except ValueError as error:
             raise DataError(f"{path}:{number}: not an LFW pair line ({error}): {line!r}") from None
     return pairs
+
+
+def read_lfw_people(path: str, root: str = ""):
+    """LFW `people*.txt` (`name count` per line, count lines skipped) -> (relative paths, names)
+    of every image it lists (`<name>/<name>_NNNN.jpg`, under `images/` when `root` has that
+    folder). A malformed line is a DataError with its line number."""
+    sub = "images" if root and os.path.isdir(os.path.join(root, "images")) else ""
+    paths, names = [], []
+    with open(path) as handle:
+        lines = handle.read().splitlines()
+    for number, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts or (len(parts) == 1 and parts[0].isdigit()):
+            continue
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise DataError(f"{path}:{number}: not an LFW people line (name count): {line!r}")
+        for i in range(1, int(parts[1]) + 1):
+            paths.append(os.path.join(sub, lfw_file_name(parts[0], i)))
+            names.append(parts[0])
+    return paths, names
 
 
 def lfw_file_name(name: str, number: int) -> str:

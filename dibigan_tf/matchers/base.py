@@ -72,6 +72,23 @@ class Matcher(abc.ABC):
         return [self.tf_embed(images)]
 
 
+class FixedMatcher(Matcher):
+    """A matcher whose input shape, embedding size and store key are set once, at construction
+    (`self._input_shape`, `self._dim`, `self._key`)."""
+
+    @property
+    def input_shape(self):
+        return self._input_shape
+
+    @property
+    def embedding_dim(self) -> int:
+        return self._dim
+
+    @property
+    def store_key(self) -> str:
+        return self._key
+
+
 class WhiteboxNetwork:
     """A differentiable matcher F called like the student F^S: `net(images, training)` takes
     float images in [-1, 1] at the generator's size (resized to F's input size inside the

@@ -54,7 +54,7 @@ import urllib.request
 
 import numpy as np
 
-from dibigan_tf.matchers.base import Matcher, MatcherError
+from dibigan_tf.matchers.base import FixedMatcher, MatcherError
 
 _CONTENT_TYPES = {"json": "application/json", "npy": "application/octet-stream"}
 
@@ -67,7 +67,7 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-class HttpMatcher(Matcher):
+class HttpMatcher(FixedMatcher):
     name = "http"
     differentiable = False
 
@@ -101,18 +101,8 @@ class HttpMatcher(Matcher):
         self.query_budget = int(query_budget)
         self.queries_sent = 0
         self.requests_sent = 0
+        self._key = "http-" + hashlib.sha1(self.url.encode()).hexdigest()[:12]
 
-    @property
-    def input_shape(self):
-        return self._input_shape
-
-    @property
-    def embedding_dim(self) -> int:
-        return self._dim
-
-    @property
-    def store_key(self) -> str:
-        return "http-" + hashlib.sha1(self.url.encode()).hexdigest()[:12]
 
     def _check_budget(self, n):
         if self.query_budget and self.queries_sent + n > self.query_budget:

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from dibigan_tf.keras_compat import keras
-from dibigan_tf.matchers.base import Matcher, MatcherError
+from dibigan_tf.matchers.base import FixedMatcher, MatcherError
 
 #: model input = pixels * scale + offset (pixels: floats 0..255)
 _FROM_PIXELS = {"minus1_1": (1.0 / 127.5, -1.0), "zero_1": (1.0 / 255.0, 0.0),
@@ -137,7 +137,7 @@ def _choose(names, output, where):
                        f"index below {len(names)}")
 
 
-class KerasMatcher(Matcher):
+class KerasMatcher(FixedMatcher):
     name = "keras"
     differentiable = True
 
@@ -292,18 +292,6 @@ class KerasMatcher(Matcher):
         if self._out_kind is None:  # a plain callable: learn its outputs eagerly, not in a trace
             self._embed_pixels(tf.constant(images[:1]))
         return self._embed_fn(tf.constant(images)).numpy()
-
-    @property
-    def input_shape(self):
-        return self._input_shape
-
-    @property
-    def embedding_dim(self) -> int:
-        return self._dim
-
-    @property
-    def store_key(self) -> str:
-        return self._key
 
     def _embed(self, images):
         if len(images) == 0:

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from dibigan_tf.matchers.base import Matcher, MatcherError
+from dibigan_tf.matchers.base import FixedMatcher, MatcherError
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
            "tensor(double)": np.float64}
@@ -55,7 +55,7 @@ def _sha1_file(path: str) -> str:
     return digest.hexdigest()
 
 
-class OnnxMatcher(Matcher):
+class OnnxMatcher(FixedMatcher):
     name = "onnx"
     differentiable = False
 
@@ -165,18 +165,6 @@ class OnnxMatcher(Matcher):
             raise MatcherError(f"{self.path}: {what} has {array.size} values; give one, or one "
                                f"per channel ({self._input_shape[2]})")
         return array
-
-    @property
-    def input_shape(self):
-        return self._input_shape
-
-    @property
-    def embedding_dim(self) -> int:
-        return self._dim
-
-    @property
-    def store_key(self) -> str:
-        return self._key
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 RGB [n, h, w, c] -> the model's input array (order, normalisation, layout)."""

@@ -429,6 +429,11 @@ class TrainedGenerator:
             v, (f - self.feature_mean) / self.feature_std, stage=last, alpha=1.0,
             training=False))
 
+    def float_images(self, features, v):
+        """G_ema's float output in [-1, 1] for given features and v (one batch)."""
+        return self._fn(tf.constant(np.asarray(v, np.float32)),
+                        tf.constant(np.asarray(features, np.float32))).numpy()
+
     def __call__(self, features, seed=0, batch_size=250, v=None):
         features = np.asarray(features, np.float32)
         if features.ndim != 2 or features.shape[1] != self.feature_dim:

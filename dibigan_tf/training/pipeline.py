@@ -56,12 +56,12 @@ def load_dataset(cfg: RunConfig, run_dir: str):
         train_idx, held_idx = balanced_holdout_split(data.labels, cfg.holdout_per_class,
                                                      cfg.seed)
         names = None
-    elif cfg.dataset == "faces":
+    elif cfg.dataset in ("faces", "celeba"):
         data = load_faces(cfg)
         train_idx, held_idx = split_identities(data.labels, cfg.heldout_fraction, cfg.seed)
         names = data.paths
     else:
-        raise TrainingError(f"unknown dataset {cfg.dataset!r} (digits, faces)")
+        raise TrainingError(f"unknown dataset {cfg.dataset!r} (digits, faces, celeba)")
     if cfg.max_train_images:
         keep = np.random.default_rng(cfg.seed).permutation(len(train_idx))[:cfg.max_train_images]
         train_idx = np.sort(train_idx[keep])
@@ -95,10 +95,20 @@ def load_faces(cfg: RunConfig):
     from dibigan_tf.data.align import make_aligner
     from dibigan_tf.data.faces import load_face_folders
     if not cfg.data_dir:
-        raise TrainingError("--dataset=faces needs --data_dir=<root>/<identity>/<image>")
+        raise TrainingError(f"--dataset={cfg.dataset} needs --data_dir (faces: "
+                            f"<root>/<identity>/<image>; celeba: the folder with the identity "
+                            f"file and the images)")
     aligner = make_aligner(cfg.align_template, cfg.align_size, cfg.align_multiple, cfg.align_none)
     cache = cfg.align_cache_dir or os.path.join(cfg.checkpoint_dir, "aligned")
-    faces, stats = load_face_folders(cfg.data_dir, aligner, cache,
+    root, records = cfg.data_dir, None
+    if cfg.dataset == "celeba":
+        from dibigan_tf.data.celeba import find_celeba, read_celeba_identities
+        identity_file, root = find_celeba(cfg.data_dir)
+        records = read_celeba_identities(identity_file, root)
+    elif cfg.people:
+        from dibigan_tf.data.faces import read_lfw_people
+        records = read_lfw_people(cfg.people, cfg.data_dir)
+    faces, stats = load_face_folders(root, aligner, cache, records=records,
                                      progress=progress_callback("align", "image"))
     logging.info("faces: %d of %d images aligned (%.1f%%), %d identities; %s",
                  stats["aligned"], stats["images"], 100 * stats["aligned_share"],
@@ -403,6 +413,30 @@ def feature_store_root(cfg: RunConfig, run_dir: str) -> str:
     if cfg.matcher.name == "lenet":
         return os.path.join(run_dir, "features")
     return cfg.feature_store_dir or os.path.join(cfg.checkpoint_dir, "features")
+
+
+def run_align(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
+    """Only the face alignment (`train.py --stage=align`): every photo detected, aligned and
+    cached; returns the counts, the share aligned and the photos per second of this pass (0
+    when everything came from the cache)."""
+    if cfg.dataset == "digits":
+        raise TrainingError("--stage=align is for face datasets (--data_dir=...)")
+    start = time.time()
+    faces = load_faces(cfg)
+    seconds = time.time() - start
+    from dibigan_tf.data.align import make_aligner
+    cache = cfg.align_cache_dir or os.path.join(cfg.checkpoint_dir, "aligned")
+    key = make_aligner(cfg.align_template, cfg.align_size, cfg.align_multiple,
+                       cfg.align_none).key
+    with open(os.path.join(cache, key, "stats.json")) as handle:
+        stats = json.load(handle)
+    out = {k: v for k, v in stats.items() if k != "examples"}
+    out.update({"identities": faces.num_classes, "seconds": seconds,
+                "aligned_this_pass": stats.get("aligned_this_pass", 0),
+                "cache": os.path.join(cache, key)})
+    if out["aligned_this_pass"]:
+        out["photos_per_second"] = out["aligned_this_pass"] / seconds
+    return out
 
 
 def run_features(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:

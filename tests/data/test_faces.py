@@ -8,8 +8,9 @@ from PIL import Image
 
 from dibigan_tf.data.align import AlignResult
 from dibigan_tf.data.digits import DataError
-from dibigan_tf.data.faces import (load_face_folders, read_lfw_pairs, read_rgb, resize_images,
-                                   scan_identity_folders, split_identities)
+from dibigan_tf.data.faces import (load_face_folders, read_lfw_pairs, read_lfw_people,
+                                   read_rgb, resize_images, scan_identity_folders,
+                                   split_identities)
 
 
 class MeanAligner:
@@ -192,3 +193,17 @@ def test_resize_images():
     small = resize_images(images, 2)
     assert small.shape == (2, 2, 2, 3)
     assert small[0, 0, 0, 0] == round(images[0, :2, :2, 0].mean())
+
+
+def test_read_lfw_people_lists_every_image(tmp_path):
+    (tmp_path / "images").mkdir()
+    path = tmp_path / "people.txt"
+    path.write_text("2\nA_B\t2\nC\t1\n")
+    paths, names = read_lfw_people(str(path), str(tmp_path))
+    assert paths == [os.path.join("images", "A_B", "A_B_0001.jpg"),
+                     os.path.join("images", "A_B", "A_B_0002.jpg"),
+                     os.path.join("images", "C", "C_0001.jpg")]
+    assert names == ["A_B", "A_B", "C"]
+    path.write_text("1\nA_B two\n")
+    with pytest.raises(DataError, match=":2:"):
+        read_lfw_people(str(path))

@@ -129,3 +129,43 @@ def _trained_generator_and_evaluate_cli(tmp_path, run_dir, report):
     recon_feats = lenet.embed(generator(real, seed=0))
     expected = float(np.mean(cosine_similarity_rows(recon_feats, real)))
     assert abs(metrics["feature_cosine_mean"] - expected) < 1e-3, (metrics, expected)
+    _export_and_reconstruct(tmp_path, run_dir, feats, generator)
+
+
+def _export_and_reconstruct(tmp_path, run_dir, feats, generator):
+    """The SavedModel export reloads in a fresh process and gives G's own output; reconstruct.py
+    writes one PNG per vector with safe names, inside --out."""
+    import numpy as np
+    export = tmp_path / "exported"
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "reconstruct.py"),
+           f"--generator={run_dir}", f"--export={export}"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    v = np.random.default_rng(5).standard_normal((6, generator.cfg.latent_dim)).astype(np.float32)
+    np.save(tmp_path / "f.npy", feats[:6])
+    np.save(tmp_path / "v.npy", v)
+    script = ("import sys, numpy as np, tensorflow as tf\n"
+              f"m = tf.saved_model.load({str(export)!r})\n"
+              f"f = np.load({str(tmp_path / 'f.npy')!r}); v = np.load({str(tmp_path / 'v.npy')!r})\n"
+              "out = m.signatures['with_latent'](features=tf.constant(f), v=tf.constant(v))\n"
+              f"np.save({str(tmp_path / 'out.npy')!r}, out['images_float'].numpy())\n"
+              "a = m.signatures['serving_default'](features=tf.constant(f))['images'].numpy()\n"
+              "b = m.signatures['serving_default'](features=tf.constant(f))['images'].numpy()\n"
+              "assert a.dtype == np.uint8 and (a == b).all()\n")
+    fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), generator.float_images(feats[:6], v),
+                               atol=1e-5)
+
+    ids = np.array(["../escape", "/etc/passwd", "a/b", "", "..", "ok", "ok"])
+    np.savez(tmp_path / "f.npz", features=feats[:7], ids=ids)
+    out = tmp_path / "png"
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "reconstruct.py"),
+           f"--generator={export}", f"--features={tmp_path / 'f.npz'}", f"--out={out}"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 7 and all(p.endswith(".png") for p in written)
+    assert not (tmp_path / "escape.png").exists() and not any("/" in p for p in written)
+    assert "ok.png" in written and "ok-1.png" in written
