@@ -70,6 +70,7 @@ class RunConfig:
     heldout_fraction: float = 0.25
     align_multiple: str = "largest"
     align_none: str = "skip"
+    align_upsample: int = 1
     align_template: str = "dlib"    # dlib's face chip, or "arcface" (the 112x112 template)
     align_cache_dir: str = ""
     pairs: str = ""

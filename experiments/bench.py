@@ -218,7 +218,12 @@ def _query_lines(rows):
         with open(path) as handle:
             queries = json.load(handle).get("blackbox_queries")
         line = f"{run}: blackbox_queries {queries}"
-        if rate and queries:
+        config = os.path.join(run, "config.json")
+        matcher = ""
+        if os.path.exists(config):
+            with open(config) as handle:
+                matcher = json.load(handle).get("matcher", {}).get("name", "")
+        if rate and queries and matcher == "dlib":
             line += f" (at {rate:.1f} dlib queries/s: {queries / rate / 60:.1f} min)"
         out.append(line)
     return out

@@ -101,7 +101,7 @@ def _pair_images(align_key_out):
 def _aligner():
     from dibigan_tf.data.align import make_aligner
     return make_aligner(FLAGS.align_template, FLAGS.align_size, FLAGS.align_multiple,
-                        FLAGS.align_none)
+                        FLAGS.align_none, FLAGS.align_upsample)
 
 
 def _align_cache():

@@ -34,6 +34,9 @@ flags.DEFINE_enum("align_multiple", "largest", ["largest", "central"], "faces: w
 flags.DEFINE_enum("align_none", "skip", ["skip", "center_crop"], "faces: a photo without a "
                   "detected face is skipped (and counted) or centre-cropped.")
 flags.DEFINE_string("align_cache_dir", "", "Aligned-crop cache (default <checkpoint_dir>/aligned).")
+flags.DEFINE_integer("align_upsample", 1, "faces: times dlib's detector may upsample a photo "
+                     "in which it found no face (each doubles the size; finds smaller faces, "
+                     "slower).")
 flags.DEFINE_enum("align_template", "dlib", ["dlib", "arcface", "none"], "faces: dlib's face "
                   "chip (dlib's matcher), the ArcFace 112x112 five-point template (insightface "
                   "matchers; 68 dlib landmarks give the five points), or none (already aligned "

@@ -168,7 +168,7 @@ def build_config():
         data_dir=FLAGS.data_dir, mode=FLAGS.mode, align_size=FLAGS.align_size,
         image_size=FLAGS.image_size, heldout_fraction=FLAGS.heldout_fraction,
         align_multiple=FLAGS.align_multiple, align_none=FLAGS.align_none,
-        align_template=FLAGS.align_template,
+        align_template=FLAGS.align_template, align_upsample=FLAGS.align_upsample,
         align_cache_dir=FLAGS.align_cache_dir, pairs=FLAGS.pairs, people=FLAGS.people,
         feature_store_dir=FLAGS.feature_store_dir, strategy=FLAGS.strategy,
         num_gpus=FLAGS.num_gpus, seed=FLAGS.seed, holdout_per_class=FLAGS.holdout_per_class,

@@ -114,14 +114,14 @@ class ResizeOnly:
 
 
 def make_aligner(template: str = "dlib", size: int = 150, multiple: str = "largest",
-                 none: str = "skip"):
+                 none: str = "skip", upsample: int = 1):
     """The aligner of a template: "dlib" (dlib's face chip), "arcface" (the ArcFace 112x112
     five-point template, scaled to `size`) or "none" (the whole image, resized)."""
     if template == "none":
         return ResizeOnly(size)
     if template == "dlib":
-        return DlibAligner(size=size, multiple=multiple, none=none)
+        return DlibAligner(size=size, multiple=multiple, none=none, upsample=upsample)
     if template == "arcface":
         from dibigan_tf.data.similarity import ArcFaceAligner
-        return ArcFaceAligner(size=size, multiple=multiple, none=none)
+        return ArcFaceAligner(size=size, multiple=multiple, none=none, upsample=upsample)
     raise ValueError(f"unknown alignment template {template!r} (dlib, arcface, none)")

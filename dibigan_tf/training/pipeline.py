@@ -98,7 +98,8 @@ def load_faces(cfg: RunConfig):
         raise TrainingError(f"--dataset={cfg.dataset} needs --data_dir (faces: "
                             f"<root>/<identity>/<image>; celeba: the folder with the identity "
                             f"file and the images)")
-    aligner = make_aligner(cfg.align_template, cfg.align_size, cfg.align_multiple, cfg.align_none)
+    aligner = make_aligner(cfg.align_template, cfg.align_size, cfg.align_multiple, cfg.align_none,
+                           cfg.align_upsample)
     cache = cfg.align_cache_dir or os.path.join(cfg.checkpoint_dir, "aligned")
     root, records = cfg.data_dir, None
     if cfg.dataset == "celeba":
@@ -427,7 +428,7 @@ def run_align(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     from dibigan_tf.data.align import make_aligner
     cache = cfg.align_cache_dir or os.path.join(cfg.checkpoint_dir, "aligned")
     key = make_aligner(cfg.align_template, cfg.align_size, cfg.align_multiple,
-                       cfg.align_none).key
+                       cfg.align_none, cfg.align_upsample).key
     with open(os.path.join(cache, key, "stats.json")) as handle:
         stats = json.load(handle)
     out = {k: v for k, v in stats.items() if k != "examples"}

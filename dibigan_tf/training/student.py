@@ -14,7 +14,8 @@ from dibigan_tf.training.common import Stage, build_optimizer
 from dibigan_tf.training.loops import distributed_step, run_phase
 
 
-# model -> its target mean variable (not an attribute: Keras would track it as a model weight)
+# model -> (target mean, target scale) variables (not attributes: Keras would track them as
+# model weights)
 _TARGET_MEANS = weakref.WeakKeyDictionary()
 
 
@@ -33,7 +34,8 @@ def train_student(run_dir, strategy, images, features, *, depth="small", width=3
     images (the generator's reconstructions are never pixel-exact).
 
     center_targets: Eq. 6 on F(x) - mu, mu the mean training feature (kept in the stage's
-    checkpoint as `target_mean`; `student_embed` adds it back). The paper's ArcFace features are spread
+    checkpoint as `target_mean`, with the mean length of F(x) - mu as `target_scale`;
+    `student_embed` maps F^S's output back to F's space with them). The paper's ArcFace features are spread
     over the unit sphere, so the cosine of Eq. 6 measures identity; dlib's share one dominant
     direction (on LFW, predicting the mean feature for every face already gives cosine 0.91), so
     the raw cosine barely sees identity and its gradient (1 - cos) vanishes. F^S's output (and so
@@ -43,12 +45,18 @@ def train_student(run_dir, strategy, images, features, *, depth="small", width=3
     model = make_student(strategy, images.shape[1:], features.shape[1], depth, width)
     optimizer = build_optimizer(strategy, model.trainable_variables, learning_rate)
     mean = features.mean(axis=0) if center_targets else np.zeros(features.shape[1])
+    # Eq. 6 leaves the length of F^S's output free; in F's space the centred part gets the mean
+    # length of the centred training features back.
+    scale = float(np.mean(np.linalg.norm(features - mean, axis=1))) if center_targets else 0.0
     with strategy.scope():
         target_mean = tf.Variable(mean.astype(np.float32), trainable=False, name="target_mean")
-    _TARGET_MEANS[model] = target_mean
+        target_scale = tf.Variable(scale, dtype=tf.float32, trainable=False,
+                                   name="target_scale")
+    _TARGET_MEANS[model] = (target_mean, target_scale)
     objects = {"model": model, "optimizer": optimizer}
     if center_targets:
         objects["target_mean"] = target_mean
+        objects["target_scale"] = target_scale
     stage = Stage(run_dir, "student", strategy, objects)
     stage.restore()
     if stage.is_done():
@@ -74,12 +82,16 @@ def train_student(run_dir, strategy, images, features, *, depth="small", width=3
 
 
 def student_embed(model, images, batch_size=500):
-    """F^S embeddings of uint8 images (inference mode), in F's space (the training mean added
-    back when the student learnt centred targets)."""
-    offset = _TARGET_MEANS.get(model)
-    offset = tf.zeros([]) if offset is None else tf.convert_to_tensor(offset)
+    """F^S embeddings of uint8 images (inference mode), in F's space: when the student learnt
+    centred targets, its output direction at the centred features' mean length, plus the mean."""
+    mean, scale = _TARGET_MEANS.get(model, (None, None))
+    centred = mean is not None and float(scale.numpy()) > 0.0
+
+    def to_f_space(y):
+        return mean + scale * tf.math.l2_normalize(y, axis=-1) if centred else y
+
     # one trace for every batch, the shorter last one included
-    fn = tf.function(lambda x: model(uint8_to_unit(x), training=False)[-1] + offset,
+    fn = tf.function(lambda x: to_f_space(model(uint8_to_unit(x), training=False)[-1]),
                      input_signature=[tf.TensorSpec([None] + list(images.shape[1:]), tf.uint8)])
     return np.concatenate([fn(tf.constant(images[i:i + batch_size])).numpy()
                            for i in range(0, len(images), batch_size)])
