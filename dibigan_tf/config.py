@@ -92,6 +92,7 @@ class RunConfig:
     checkpoint_every_seconds: float = 120.0
     checkpoint_every_steps: int = 0
     stop_after_steps: int = 0
+    inject_nan: str = ""            # "<stage>:<step>": fault injection (tests of the NaN guard)
     matcher: MatcherConfig = dataclasses.field(default_factory=MatcherConfig)
     student: StudentConfig = dataclasses.field(default_factory=StudentConfig)
     flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)

@@ -59,6 +59,9 @@ flags.DEFINE_integer("eval_positive_pairs", 3000, "Positive verification pairs."
 flags.DEFINE_integer("eval_negative_pairs", 3000, "Negative verification pairs.")
 flags.DEFINE_float("checkpoint_every_seconds", 120.0, "Checkpoint period (seconds).")
 flags.DEFINE_integer("checkpoint_every_steps", 0, "Checkpoint period (steps; 0: off).")
+flags.DEFINE_string("inject_nan", "", "Fault injection for tests: '<stage>:<step>' makes that "
+                    "step's first loss NaN (the run must stop, naming it, with the last good "
+                    "checkpoint kept).")
 flags.DEFINE_integer("stop_after_steps", 0, "Stop the GAN stage after this many steps in this "
                      "process (to test resumption).")
 # matcher
@@ -178,7 +181,7 @@ def build_config():
         eval_negative_pairs=FLAGS.eval_negative_pairs,
         checkpoint_every_seconds=FLAGS.checkpoint_every_seconds,
         checkpoint_every_steps=FLAGS.checkpoint_every_steps,
-        stop_after_steps=FLAGS.stop_after_steps,
+        stop_after_steps=FLAGS.stop_after_steps, inject_nan=FLAGS.inject_nan,
         matcher=matcher_config(feature_dim=FLAGS.matcher_feature_dim,
                                epochs=FLAGS.matcher_epochs),
         student=StudentConfig(depth=FLAGS.student_depth, width=FLAGS.student_width,

@@ -40,14 +40,17 @@ def run_phase(stage: Stage, step_fn, arrays: dict, batch_size: int, end_images: 
               seed: int, total_images: Optional[int] = None, step_args: Optional[Callable] = None,
               log_every: int = 50, checkpoint_every_steps: int = 0,
               checkpoint_every_seconds: float = 120.0, on_log: Optional[Callable] = None,
-              label: str = "", stop_after_steps: int = 0):
+              label: str = "", stop_after_steps: int = 0, inject_nan: str = ""):
     """Runs `step_fn` on batches until the stage has seen `end_images` images.
 
     step_args(images_seen) -> tuple of tensors passed after the batch (e.g. fade-in alpha and
     loss weights); on_log(step, metrics) is called every `log_every` steps after the scalars are
     written. Resumes from the stage's `images_seen`. `stop_after_steps` (> 0) stops the process
-    cleanly after that many steps in this call, for tests of resumption.
+    cleanly after that many steps in this call, for tests of resumption. `inject_nan`
+    ("<stage>:<step>", fault injection for tests of the NaN guard) replaces that step's first loss
+    with NaN.
     """
+    nan_stage, _, nan_step = inject_nan.partition(":")
     start = int(stage.images_seen.numpy())
     if start >= end_images:
         return
@@ -66,6 +69,8 @@ def run_phase(stage: Stage, step_fn, arrays: dict, batch_size: int, end_images: 
         steps_here += 1
         step = int(stage.step.numpy())
         values = {k: float(v) for k, v in metrics.items()}
+        if nan_stage == stage.name and nan_step and step == int(nan_step):
+            values[next(iter(values))] = float("nan")
         # Every step, so that no checkpoint is ever written from non-finite weights.
         check_finite(values, stage.name, step)
         if step % log_every == 0 or int(stage.images_seen.numpy()) >= end_images:

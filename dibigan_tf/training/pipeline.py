@@ -500,11 +500,14 @@ def _open_run(cfg: RunConfig, loop_kwargs: dict | None):
     loop_kwargs = dict(loop_kwargs or {})
     loop_kwargs.setdefault("checkpoint_every_seconds", cfg.checkpoint_every_seconds)
     loop_kwargs.setdefault("checkpoint_every_steps", cfg.checkpoint_every_steps)
+    if cfg.inject_nan:
+        loop_kwargs.setdefault("inject_nan", cfg.inject_nan)
     return run_dir, strategy, loop_kwargs
 
 
 # Settings that change how a run is driven, not what it trains.
-_DRIVING_KEYS = {"stop_after_steps", "checkpoint_every_seconds", "checkpoint_every_steps",
+_DRIVING_KEYS = {"stop_after_steps", "inject_nan", "checkpoint_every_seconds",
+                 "checkpoint_every_steps",
                  "log_every", "image_every", "checkpoint_dir", "cache_real_targets"}
 
 
