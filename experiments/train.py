@@ -35,7 +35,8 @@ flags.DEFINE_string("pairs", "", "An LFW pairs file: its pairs among held-out pe
 flags.DEFINE_enum("mode", "blackbox", ["blackbox", "whitebox"], "blackbox: F^S is distilled "
                   "from F's answers; whitebox: F itself (differentiable: lenet, keras, "
                   "savedmodel) gives L_distill's gradients and no F^S is trained.")
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "tf.distribute strategy.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                  "tf.distribute strategy (multi_worker: the cluster in TF_CONFIG).")
 flags.DEFINE_integer("num_gpus", 0, "Replicas for --strategy=mirrored (0: all devices).")
 flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices (tests "
                      "and CPU runs of --strategy=mirrored).")

@@ -28,9 +28,21 @@ class StopRequested(Exception):
 
 def make_strategy(name: str = "default", num_gpus: int | None = None):
     """`default`: TensorFlow's default (one-device) strategy; `mirrored`: MirroredStrategy over the
-    GPUs (or, without GPUs, over the logical CPUs configured before TensorFlow initialised)."""
+    GPUs (or, without GPUs, over the logical CPUs configured before TensorFlow initialised);
+    `multi_worker`: MultiWorkerMirroredStrategy over the cluster that the `TF_CONFIG` environment
+    variable describes (every worker runs the same command; without TF_CONFIG, one local
+    worker). It must be made before TensorFlow runs any operation, which `train.py` does."""
     if name == "default":
         return tf.distribute.get_strategy()
+    if name == "multi_worker":
+        if num_gpus:
+            raise TrainingError("--num_gpus is for --strategy=mirrored; a multi_worker cluster "
+                                "uses every GPU of every worker (TF_CONFIG)")
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (ValueError, RuntimeError) as error:
+            raise TrainingError(f"--strategy=multi_worker: {error} (TF_CONFIG="
+                                f"{os.environ.get('TF_CONFIG', '')!r})") from None
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
@@ -40,7 +52,7 @@ def make_strategy(name: str = "default", num_gpus: int | None = None):
                                     f"{devices}")
             devices = devices[:num_gpus]
         return tf.distribute.MirroredStrategy(devices)
-    raise TrainingError(f"unknown strategy {name!r} (default or mirrored)")
+    raise TrainingError(f"unknown strategy {name!r} (default, mirrored or multi_worker)")
 
 
 # --------------------------------------------------------------------------- input pipeline
@@ -91,7 +103,10 @@ def array_dataset(arrays: dict, batch_size: int, start_position: int, seed: int,
     ds = tf.data.Dataset.from_generator(generator, output_signature=signature)
     ds = ds.map(lambda *t: dict(zip(names, t)))
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    # Every worker builds the same stream of global batches (the seeded index batches); DATA
+    # sharding makes each worker keep only its replicas' slices of each global batch (a single
+    # worker keeps all), so a global batch is split over the whole cluster, never repeated.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     ds = ds.with_options(options).prefetch(prefetch)
     if strategy is not None and strategy.num_replicas_in_sync > 1:
         return strategy.experimental_distribute_dataset(ds)

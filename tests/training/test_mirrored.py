@@ -64,3 +64,38 @@ def test_every_trainable_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
     # same data order and seed: one epoch of the student gives the same weights either way
     import numpy as np
     np.testing.assert_allclose(r["mirrored_student"], r["default_student"], rtol=2e-4, atol=2e-4)
+
+
+MULTI_WORKER = textwrap.dedent("""
+    import json, sys
+    from dibigan_tf.keras_compat import keras
+    import numpy as np, tensorflow as tf
+    from dibigan_tf.training.common import make_strategy
+    strategy = make_strategy("multi_worker")        # first: before any TensorFlow operation
+    from dibigan_tf.training.student import train_student
+    out_dir = sys.argv[1]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 16, 16, 1)).astype(np.uint8)
+    feats = rng.standard_normal((64, 12)).astype(np.float32)
+    results = {"replicas": strategy.num_replicas_in_sync}
+    for name, s in (("multi_worker", strategy), ("default", make_strategy("default"))):
+        keras.utils.set_random_seed(0)
+        student, stage = train_student(f"{out_dir}/{name}", s, images, feats, width=4,
+                                       epochs=1, batch_size=16, max_shift=0, seed=0, log_every=1)
+        results[name] = [float(v.numpy().sum()) for v in student.trainable_variables]
+        results[name + "_steps"] = int(stage.step.numpy())
+    print("RESULTS " + json.dumps(results))
+""")
+
+
+def test_multi_worker_strategy_without_tf_config_is_one_local_worker(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    proc = subprocess.run([sys.executable, "-c", MULTI_WORKER, str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    import json
+    import numpy as np
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")][-1]
+    r = json.loads(line[len("RESULTS "):])
+    assert r["replicas"] == 1 and r["multi_worker_steps"] == r["default_steps"] == 4
+    np.testing.assert_allclose(r["multi_worker"], r["default"], rtol=2e-4, atol=2e-4)
