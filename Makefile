@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-FLAGFILE ?= experiments/flagfiles/digits_blackbox.flags
+# Faces (DATA_DIR given) train with the faces flagfile, the embedded digits with the digits one.
+FLAGFILE ?= $(if $(DATA_DIR),experiments/flagfiles/faces_blackbox.flags,experiments/flagfiles/digits_blackbox.flags)
 # Optional overrides passed to the training: make train-blackbox DATA_DIR=... MATCHER=... RUN=...
 TRAIN_ARGS := $(if $(DATA_DIR),--data_dir=$(DATA_DIR)) $(if $(MATCHER),--matcher=$(MATCHER)) \
               $(if $(RUN),--run_name=$(RUN)) $(ARGS)

@@ -80,8 +80,19 @@ def test_student_stage_on_faces_with_dlib(tmp_path):
     stats = json.loads(stats.read_text())
     assert stats["status_unreadable"] == 1 and stats["aligned"] == 24
 
-    # a second run (another name) shares the feature store: no image is sent to dlib again
-    again = _run(tmp_path, data, "--run_name=second", "--stage=features")
-    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-    assert "blackbox_queries_this_session: 0" in again.stdout
-    assert "blackbox_queries: 24" in again.stdout
+    # a second run (another name) shares the feature store, so it sends dlib only its held-out
+    # reconstructions; it trains every stage on faces: F^S, H (one prior per training person),
+    # G/D, and the report (held-out people as their own gallery)
+    whole = _run(tmp_path, data, "--run_name=second", "--stage=all", "--flow_steps=2",
+                 "--flow_hidden_channels=8", "--flow_res_blocks=1", "--flow_epochs=1",
+                 "--start_resolution=8", "--num_blocks=3", "--g_channels=8,8,8",
+                 "--d_channels=8,8,8", "--mapping_layers=2", "--mapping_dim=16",
+                 "--latent_dim=8", "--stable_images=32,32,64", "--fade_images=0,32,32",
+                 "--batch_sizes=8,8,8", "--log_every=1", "--image_every=4")
+    assert whole.returncode == 0, (whole.stdout + whole.stderr)[-3000:]
+    report = json.loads((tmp_path / "ck" / "second" / "report" / "metrics.json").read_text())
+    assert report["blackbox_queries"] == 24 + 8          # the 8 held-out reconstructions only
+    assert 0.0 <= report["recon_class_agreement"] <= 1.0     # rank-1 among the held-out people
+    assert report["flow_bits_per_dim_mixture"] > 0 and "flow_bits_per_dim" not in report
+    assert report["flow_train_bits_per_dim"] > 0
+    assert (tmp_path / "ck" / "second" / "report" / "reconstructions.png").exists()
