@@ -51,3 +51,63 @@ def scatter_panels(panels, path, columns=2, point_size=4):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _row(images, width):
+    """One row of `width` cells (uint8 [h, w, c] each), blank cells black."""
+    h, w, c = images[0].shape if len(images) else (1, 1, 1)
+    cells = list(images) + [np.zeros((h, w, c), np.uint8)] * (width - len(images))
+    return np.concatenate(cells[:width], axis=1)
+
+
+def _grid(rows):
+    return np.concatenate(rows, axis=0)
+
+
+def figure4(inputs, recons, labels, others=None, count=8):
+    """The paper's Figure 4 as columns, one row per held-out image: input | reconstruction
+    (blackbox) | whitebox reconstruction (when `others` has one: a dict name -> images) | another
+    real image of the same person (black when the person has no other image)."""
+    inputs, recons, labels = np.asarray(inputs), np.asarray(recons), np.asarray(labels)
+    rows, shown = [], set()
+    for i in range(len(inputs)):
+        if labels[i] in shown:
+            continue
+        shown.add(labels[i])
+        mates = np.flatnonzero((labels == labels[i]) & (np.arange(len(labels)) != i))
+        cells = [inputs[i], recons[i]]
+        for images in (others or {}).values():
+            cells.append(np.asarray(images)[i])
+        cells.append(inputs[mates[0]] if mates.size else np.zeros_like(inputs[i]))
+        rows.append(_row(cells, len(cells)))
+        if len(rows) == count:
+            break
+    return _grid(rows)
+
+
+def figure6(inputs, recons, labels, people=4, per_person=6):
+    """The paper's Figure 6: for people with several images, a row of their real images and
+    below it the reconstruction of each."""
+    inputs, recons, labels = np.asarray(inputs), np.asarray(recons), np.asarray(labels)
+    values, counts = np.unique(labels, return_counts=True)
+    chosen = values[np.argsort(-counts, kind="stable")][:people]
+    rows = []
+    for label in chosen:
+        members = np.flatnonzero(labels == label)[:per_person]
+        rows.append(_row(inputs[members], per_person))
+        rows.append(_row(recons[members], per_person))
+    return _grid(rows)
+
+
+def figure7(generate, features, num_v=8, seed=0):
+    """The paper's Figure 7: each row one feature vector, each column another v (the same v in a
+    column); `generate(features, v)` -> uint8 images. Rows that change across a row only in
+    "background" factors show that f carries the identity and v the rest."""
+    features = np.asarray(features, np.float32)
+    rng = np.random.default_rng(seed)
+    latent = generate.latent_dim
+    vs = rng.standard_normal((num_v, latent)).astype(np.float32)
+    rows = []
+    for f in features:
+        rows.append(_row(generate(np.repeat(f[None], num_v, axis=0), vs), num_v))
+    return _grid(rows)

@@ -378,17 +378,21 @@ class GanTrainer:
         stage.mark_done({"biject_margin": self.margin})
 
     # ------------------------------------------------------------------ inference
-    def reconstruct(self, features, seed=0, batch_size=250):
-        """uint8 reconstructions G_ema(v, f) at full resolution, v ~ N(0, I) with a fixed seed."""
+    def reconstruct(self, features, seed=0, batch_size=250, v=None):
+        """uint8 reconstructions G_ema(v, f) at full resolution, v ~ N(0, I) with a fixed seed
+        (or the given v, one row per feature)."""
         rng = np.random.default_rng(seed)
         last = self.cfg.num_blocks - 1
-        fn = tf.function(lambda v, f: self.ema(v, self.condition(f), stage=last, alpha=1.0,
-                                               training=False))
+        if not hasattr(self, "_reconstruct_fn"):
+            self._reconstruct_fn = tf.function(
+                lambda v, f: self.ema(v, self.condition(f), stage=last, alpha=1.0,
+                                      training=False), reduce_retracing=True)
         out = []
         for i in range(0, len(features), batch_size):
             f = features[i:i + batch_size].astype(np.float32)
-            v = rng.standard_normal((len(f), self.cfg.latent_dim)).astype(np.float32)
-            out.append(to_uint8(fn(tf.constant(v), tf.constant(f)).numpy()))
+            vv = (rng.standard_normal((len(f), self.cfg.latent_dim)).astype(np.float32)
+                  if v is None else np.asarray(v[i:i + batch_size], np.float32))
+            out.append(to_uint8(self._reconstruct_fn(tf.constant(vv), tf.constant(f)).numpy()))
         return np.concatenate(out)
 
 

@@ -184,6 +184,7 @@ def run_blackbox(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     metrics["mode"] = cfg.mode
     report_dir = os.path.join(ctx.run_dir, "report")
     metrics.update(_extra_report_keys(report_dir, ctx.run_dir))
+    _paper_figures(report_dir, trainer, heldout, recons, held_features, cfg.seed)
     shown = np.isin(heldout.labels, np.unique(heldout.labels)[:16])   # faces: 16 people
     figure = reconstruction_figure(heldout.images[shown], recons[shown], heldout.labels[shown],
                                    per_class=8 if len(np.unique(heldout.labels)) <= 20 else 4)
@@ -191,6 +192,27 @@ def run_blackbox(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
                         title=f"DiBiGAN {cfg.mode} run `{cfg.run_name}` on {cfg.dataset}")
     logging.info("report: %s", path)
     return metrics
+
+
+def _paper_figures(report_dir, trainer, heldout, recons, held_features, seed):
+    """The paper's Figures 4, 6 and 7 on the held-out images, as PNGs in the report and as image
+    summaries of the GAN stage: input | reconstruction | another image of the same person;
+    several images of one person and their reconstructions; one feature with several v."""
+    from dibigan_tf.evaluation.figures import figure4, figure6, figure7
+
+    class Generate:
+        latent_dim = trainer.cfg.latent_dim
+
+        def __call__(self, features, v):
+            return trainer.reconstruct(features, v=v)
+
+    os.makedirs(report_dir, exist_ok=True)
+    grids = {"figure4": figure4(heldout.images, recons, heldout.labels),
+             "figure6": figure6(heldout.images, recons, heldout.labels),
+             "figure7": figure7(Generate(), held_features[:6], seed=seed)}
+    for name, grid in grids.items():
+        Image.fromarray(_grey_or_rgb(grid)).save(os.path.join(report_dir, name + ".png"))
+        trainer.stage.images(name, grid)
 
 
 class RunContext:

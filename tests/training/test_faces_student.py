@@ -95,4 +95,5 @@ def test_student_stage_on_faces_with_dlib(tmp_path):
     assert 0.0 <= report["recon_class_agreement"] <= 1.0     # rank-1 among the held-out people
     assert report["flow_bits_per_dim_mixture"] > 0 and "flow_bits_per_dim" not in report
     assert report["flow_train_bits_per_dim"] > 0
-    assert (tmp_path / "ck" / "second" / "report" / "reconstructions.png").exists()
+    for name in ("reconstructions", "figure4", "figure6", "figure7"):
+        assert (tmp_path / "ck" / "second" / "report" / f"{name}.png").exists(), name
