@@ -8,7 +8,9 @@ and give images, with G's structure, weights and the run's feature normalisation
 - `with_latent(features [n, d], v float32 [n, latent])`: the caller's v.
 
 Both return `images` (uint8 [n, h, w, c], 0..255) and `images_float` (float32 in [-1, 1], G's own
-output). `load_exported(path)` loads it back (only TensorFlow is needed).
+output). `load_exported(path)` loads it back (only TensorFlow is needed). The same G_ema is also
+written as a Keras file (`generator_ema.keras`, with `feature_norm.npz`), loaded by
+`load_keras_generator`.
 """
 from __future__ import annotations
 
@@ -63,11 +65,35 @@ def export_generator(run_dir: str, out_dir: str) -> str:
     module = _Exported(generator)
     tf.saved_model.save(module, out_dir, signatures={
         "serving_default": module.serving_default, "with_latent": module.with_latent})
+    # the same G_ema as a Keras file (+ its feature normalisation), for Keras users
+    generator.ema.save(os.path.join(out_dir, KERAS_FILE))
+    np.savez(os.path.join(out_dir, NORM_FILE), mean=generator.feature_mean.numpy(),
+             std=generator.feature_std.numpy())
     with open(os.path.join(out_dir, "dibigan.json"), "w") as handle:
         json.dump({"feature_dim": generator.feature_dim, "latent_dim": generator.cfg.latent_dim,
                    "resolution": generator.resolution, "channels": generator.channels,
                    "run": os.path.abspath(run_dir)}, handle, indent=2)
     return out_dir
+
+
+KERAS_FILE = "generator_ema.keras"
+NORM_FILE = "feature_norm.npz"
+
+
+def load_keras_generator(out_dir: str):
+    """(G_ema as a Keras model, condition function): `model(v, condition(features), stage=last,
+    alpha=1.0)` gives G's float images; the custom layers come from dibigan_tf.models."""
+    from dibigan_tf.keras_compat import keras
+    import dibigan_tf.models.generator as generator_module
+    import dibigan_tf.models.layers as layers_module
+    objects = {}
+    for module in (layers_module, generator_module):
+        objects.update({k: v for k, v in vars(module).items() if isinstance(v, type)})
+    model = keras.models.load_model(os.path.join(out_dir, KERAS_FILE), custom_objects=objects,
+                                    compile=False)
+    with np.load(os.path.join(out_dir, NORM_FILE)) as norm:
+        mean, std = norm["mean"], norm["std"]
+    return model, (lambda features: (np.asarray(features, np.float32) - mean) / std)
 
 
 def load_exported(path: str):

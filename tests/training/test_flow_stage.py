@@ -158,6 +158,12 @@ def _export_and_reconstruct(tmp_path, run_dir, feats, generator):
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), generator.float_images(feats[:6], v),
                                atol=1e-5)
 
+    from dibigan_tf.training.export import load_keras_generator
+    model, condition = load_keras_generator(str(export))
+    keras_out = model(v, condition(feats[:6]), stage=generator.cfg.num_blocks - 1, alpha=1.0,
+                      training=False).numpy()
+    np.testing.assert_allclose(keras_out, generator.float_images(feats[:6], v), atol=1e-5)
+
     ids = np.array(["../escape", "/etc/passwd", "a/b", "", "..", "ok", "ok"])
     np.savez(tmp_path / "f.npz", features=feats[:7], ids=ids)
     out = tmp_path / "png"
