@@ -25,8 +25,38 @@ flags.DEFINE_list("query_runs", [], "Run directories whose report/metrics.json q
 flags.DEFINE_integer("steps", 10, "Timed steps per row (after one warm-up step).")
 flags.DEFINE_string("out", "checkpoints/bench.json", "JSON output path.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the GAN step.")
-flags.DEFINE_list("gan_rows", ["digits", "faces"], "GAN rows: digits (32x32, the default run's "
-                  "G/D), faces (64x64).")
+flags.DEFINE_list("gan_rows", ["digits", "faces", "pggan512"], "GAN rows: digits (32x32, the "
+                  "default run's G/D), faces (64x64), pggan512 (512 maps at every scale up to "
+                  "32x32, 8x512 mapping, batch 16, stable, G+D losses only: the width of "
+                  "published StyleGAN/PGGAN code).")
+flags.DEFINE_bool("flops", True, "Count each step's FLOPs (TensorFlow's profiler) and give the "
+                  "utilisation of the machine's measured matmul FLOP/s.")
+
+
+def step_flops(tf_function, *args):
+    """Floating-point operations of one call of a tf.function, counted by TensorFlow's profiler
+    on its graph (convolutions, matmuls and their gradients; elementwise ops mostly uncounted)."""
+    import tensorflow as tf
+    graph = tf_function.get_concrete_function(*args).graph
+    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    info = tf.compat.v1.profiler.profile(graph=graph, options=opts)
+    return int(info.total_float_ops)
+
+
+def machine_flops(n=2048, repeats=10):
+    """Measured float32 matmul FLOP/s of this machine (n x n by n x n, best of `repeats`)."""
+    import tensorflow as tf
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+    mm = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    float(mm())
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        float(mm())
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n ** 3 / best
 
 
 def _time(fn, steps):
@@ -120,6 +150,11 @@ def bench_gan(steps, jit_compile):
             batch_sizes=(64, 64, 32, 32, 16), biject_margin=1.0, jit_compile=jit_compile),
          ("18", 32)),
     ]
+    configs.append(("pggan512 32x32 (G+D only)", (32, 32, 3), 512, GanConfig(
+        start_resolution=4, num_blocks=4, g_channels=(512,) * 4, d_channels=(512,) * 4,
+        mapping_layers=8, mapping_dim=512, latent_dim=512, stable_images=(1,) * 4,
+        fade_images=(0,) + (1,) * 3, batch_sizes=(16,) * 4, use_distill=False,
+        use_biject=False, jit_compile=jit_compile), ("small", 8)))
     configs = [c for c in configs if c[0].split()[0] in FLAGS.gan_rows]
     for label, shape, fdim, cfg, (depth, width) in configs:
         rng = np.random.default_rng(0)
@@ -132,7 +167,8 @@ def bench_gan(steps, jit_compile):
         trainer = GanTrainer("/tmp/dibigan-bench", strategy, cfg, images, feats, labels,
                              student=student, flow=flow)
         for phase in cfg.schedule().phases():
-            if phase.fade:
+            if phase.fade or (label.startswith("pggan512") and
+                              phase.resolution != shape[0]):
                 continue
             b = phase.batch_size
             batch = {"images": tf.constant(images[:b]), "features": tf.constant(feats[:b]),
@@ -147,12 +183,16 @@ def bench_gan(steps, jit_compile):
                 if trainer.uses_cached_targets(phase):
                     data.update({k: tf.constant(v[:b])
                                  for k, v in trainer.real_targets(phase.resolution).items()})
+                if variant == "direct" and not (cfg.use_distill or cfg.use_biject):
+                    continue    # no F^S/H targets: one variant only
                 step = trainer.make_step(phase)
                 dt = _time(lambda: float(step(data, *args)["g_loss"]), steps)
-                rows.append({"name": f"G+D step, {label}, stable, {variant}",
-                             "resolution": f"{phase.resolution}x{phase.resolution}", "batch": b,
-                             "seconds_per_step": dt, "images_per_second": b / dt,
-                             "xla": jit_compile})
+                row = {"name": f"G+D step, {label}, stable, {variant}",
+                       "resolution": f"{phase.resolution}x{phase.resolution}", "batch": b,
+                       "seconds_per_step": dt, "images_per_second": b / dt, "xla": jit_compile}
+                if FLAGS.flops:
+                    row["flops_per_step"] = step_flops(step, data, *args)
+                rows.append(row)
     return rows
 
 
@@ -240,10 +280,21 @@ def main(argv):
         rows += bench_gan(FLAGS.steps, FLAGS.jit_compile)
     if "features" in FLAGS.only:
         rows += bench_features(FLAGS.feature_images)
-    print(f"{'benchmark':<56} {'input':>10} {'batch':>6} {'ms/step':>9} {'img/s':>8}")
+    peak = machine_flops() if FLAGS.flops and any("flops_per_step" in r for r in rows) else None
+    if peak:
+        print(f"machine: {peak / 1e9:.1f} GFLOP/s (float32 2048x2048 matmul, best of 10)")
+    print(f"{'benchmark':<56} {'input':>10} {'batch':>6} {'ms/step':>9} {'img/s':>8} "
+          f"{'GFLOP/step':>11} {'util':>6}")
     for r in rows:
+        extra = ""
+        if peak and "flops_per_step" in r:
+            r["gflops_per_second"] = r["flops_per_step"] / r["seconds_per_step"] / 1e9
+            r["utilisation"] = r["flops_per_step"] / r["seconds_per_step"] / peak
+            extra = f" {r['flops_per_step'] / 1e9:>11.2f} {100 * r['utilisation']:>5.0f}%"
         print(f"{r['name']:<56} {r['resolution']:>10} {r['batch']:>6} "
-              f"{1000 * r['seconds_per_step']:>9.1f} {r['images_per_second']:>8.1f}")
+              f"{1000 * r['seconds_per_step']:>9.1f} {r['images_per_second']:>8.1f}{extra}")
+    if peak:
+        rows.append({"name": "machine matmul", "gflops_per_second": peak / 1e9})
     for line in _query_lines(rows):
         print(line)
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
