@@ -82,11 +82,14 @@ class DlibAligner:
             if self.none == "skip":
                 return AlignResult(None, "none", 0)
             return AlignResult(self._center_crop(image), "center_crop", 0)
-        face = self._choose(faces, image)
-        shape = self._shape(image, face)
-        chip = self._dlib.get_face_chip(image, shape, size=self.size, padding=self.padding)
-        return AlignResult(np.asarray(chip, dtype=np.uint8), "ok" if len(faces) == 1
+        warped = self._warp(image, self._choose(faces, image))
+        return AlignResult(np.asarray(warped, dtype=np.uint8), "ok" if len(faces) == 1
                            else "multiple", len(faces))
+
+    def _warp(self, image, face):
+        """The aligned crop of the chosen face (dlib's chip; subclasses use other templates)."""
+        shape = self._shape(image, face)
+        return self._dlib.get_face_chip(image, shape, size=self.size, padding=self.padding)
 
     def _center_crop(self, image):
         h, w = image.shape[:2]

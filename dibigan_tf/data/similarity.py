@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from dibigan_tf.data.align import AlignResult, DlibAligner
+from dibigan_tf.data.align import DlibAligner
 
 #: left eye, right eye, nose tip, left mouth corner, right mouth corner (image left/right) in a
 #: 112x112 crop; scaled by size / 112 for other sizes.
@@ -115,15 +115,8 @@ class ArcFaceAligner(DlibAligner):
         """The five ArcFace points [5, 2] of the face in `rect` (a dlib rectangle)."""
         return arcface_points(self._shape68(np.ascontiguousarray(image), rect))
 
-    def align(self, image: np.ndarray) -> AlignResult:
-        """Aligns one uint8 RGB image [h, w, 3]."""
-        image = np.ascontiguousarray(image)
-        faces = self.detect(image)
-        if not faces:
-            if self.none == "skip":
-                return AlignResult(None, "none", 0)
-            return AlignResult(self._center_crop(image), "center_crop", 0)
-        face = self._choose(faces, image)
+    def _warp(self, image, face):
+        """The face warped onto the ArcFace template by the least-squares similarity of its five
+        points (detection and the several/no-face rules are DlibAligner's)."""
         matrix = estimate_similarity(self.landmarks(image, face), self.template)
-        return AlignResult(warp_affine(image, matrix, self.size),
-                           "ok" if len(faces) == 1 else "multiple", len(faces))
+        return warp_affine(image, matrix, self.size)
