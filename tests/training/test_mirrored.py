@@ -99,3 +99,76 @@ def test_multi_worker_strategy_without_tf_config_is_one_local_worker(tmp_path):
     r = json.loads(line[len("RESULTS "):])
     assert r["replicas"] == 1 and r["multi_worker_steps"] == r["default_steps"] == 4
     np.testing.assert_allclose(r["multi_worker"], r["default"], rtol=2e-4, atol=2e-4)
+
+
+FOUR = textwrap.dedent("""
+    import json, sys
+    from dibigan_tf.keras_compat import keras
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 4)
+    from dibigan_tf.training.common import make_strategy
+    from dibigan_tf.training.student import train_student
+    from dibigan_tf.training.flow import make_flow
+    from dibigan_tf.models.flow import dequantize, nll_loss
+    from dibigan_tf.training.common import array_dataset
+    from dibigan_tf.training.loops import distributed_step
+    out_dir = sys.argv[1]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 16, 16, 1)).astype(np.uint8)
+    x_fixed = dequantize(tf.constant(images), seed=7)
+    feats = rng.standard_normal((16, 12)).astype(np.float32)
+    labels = np.repeat(np.arange(4), 4)
+    weights = {}
+    for name in ("default", "mirrored"):
+        strategy = make_strategy(name)
+        keras.utils.set_random_seed(0)
+        student, s_stage = train_student(f"{out_dir}/{name}", strategy, images, feats, width=4,
+                                         epochs=1, batch_size=16, max_shift=0, seed=0)
+        # H: the same step on the same dequantised batch (train_flow draws its dequantisation
+        # noise from each replica's own random stream, so its noise differs between strategies)
+        keras.utils.set_random_seed(0)
+        flow, prior = make_flow(strategy, (16, 16, 1), 4, num_steps=2, hidden_channels=4,
+                                num_res_blocks=1)
+        flow.initialize(x_fixed)
+        prior.initialize_from(flow.forward(x_fixed)[0], labels)
+        variables = flow.trainable_variables + prior.trainable_variables
+        # SGD: Adam's first step is lr * sign(g), so gradient components that are ~0 (summed in
+        # another order over 4 replicas) could flip sign; SGD's update is linear in g
+        with strategy.scope():
+            opt = keras.optimizers.SGD(0.1)
+            opt.build(variables)
+
+        def replica_step(batch):
+            with tf.GradientTape() as tape:
+                nll = nll_loss(flow, prior, batch["x"], batch["labels"])
+                loss = tf.nn.compute_average_loss(nll, global_batch_size=16)
+            opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return {"loss": loss}
+
+        step = distributed_step(strategy, replica_step)
+        data = array_dataset({"x": x_fixed.numpy(), "labels": labels.astype(np.int64)}, 16, 0,
+                             0, strategy)
+        step(next(iter(data)))
+        weights[name] = [v.numpy() for v in student.weights] + [v.numpy() for v in variables]
+        weights[name + "_steps"] = int(s_stage.step.numpy())
+        weights[name + "_replicas"] = strategy.num_replicas_in_sync
+    diffs = [float(np.abs(a - b).max()) for a, b in zip(weights["default"], weights["mirrored"])]
+    n_student = len(student.weights)
+    print("RESULTS " + json.dumps({"max_diff": max(diffs), "count": len(diffs),
+                                   "student_diff": max(diffs[:n_student]),
+                                   "flow_diff": max(diffs[n_student:]),
+                                   "steps": weights["mirrored_steps"],
+                                   "replicas": weights["mirrored_replicas"]}))
+""")
+
+
+def test_one_step_on_four_logical_devices_equals_the_default_strategy(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", FOUR, str(tmp_path)], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    import json
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")][-1]
+    r = json.loads(line[len("RESULTS "):])
+    assert r["replicas"] == 4 and r["steps"] == 1 and r["count"] > 20
+    assert r["max_diff"] < 1e-5, r   # every weight of F^S (incl. BN statistics), H and priors
