@@ -115,7 +115,7 @@ def _realign(images):
     for image in images:
         result = aligner.align(image)
         out.append(result.image if result.image is not None
-                   else aligner._center_crop(image))   # a pair is never dropped silently
+                   else aligner.center_crop(image))   # a pair is never dropped silently
     return np.stack(out)
 
 

@@ -81,7 +81,7 @@ class DlibAligner:
         if not faces:
             if self.none == "skip":
                 return AlignResult(None, "none", 0)
-            return AlignResult(self._center_crop(image), "center_crop", 0)
+            return AlignResult(self.center_crop(image), "center_crop", 0)
         warped = self._warp(image, self._choose(faces, image))
         return AlignResult(np.asarray(warped, dtype=np.uint8), "ok" if len(faces) == 1
                            else "multiple", len(faces))
@@ -91,7 +91,7 @@ class DlibAligner:
         shape = self._shape(image, face)
         return self._dlib.get_face_chip(image, shape, size=self.size, padding=self.padding)
 
-    def _center_crop(self, image):
+    def center_crop(self, image):
         h, w = image.shape[:2]
         side = int(round(min(h, w) * self.center_fraction))
         top, left = (h - side) // 2, (w - side) // 2

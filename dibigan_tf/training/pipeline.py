@@ -57,7 +57,7 @@ def load_dataset(cfg: RunConfig, run_dir: str):
                                                      cfg.seed)
         names = None
     elif cfg.dataset in ("faces", "celeba"):
-        data = load_faces(cfg)
+        data, _ = load_faces(cfg)
         train_idx, held_idx = split_identities(data.labels, cfg.heldout_fraction, cfg.seed)
         names = data.paths
     else:
@@ -90,8 +90,8 @@ def _relabel(data):
 
 
 def load_faces(cfg: RunConfig):
-    """The aligned faces of `cfg.data_dir` (FaceSet); the alignment statistics are logged and
-    kept in `<align cache>/<aligner key>/stats.json`."""
+    """(FaceSet, alignment statistics) of `cfg.data_dir`; the statistics are logged and kept in
+    `<align cache>/<aligner key>/stats.json`."""
     from dibigan_tf.data.align import make_aligner
     from dibigan_tf.data.faces import load_face_folders
     if not cfg.data_dir:
@@ -114,8 +114,9 @@ def load_faces(cfg: RunConfig):
     logging.info("faces: %d of %d images aligned (%.1f%%), %d identities; %s",
                  stats["aligned"], stats["images"], 100 * stats["aligned_share"],
                  faces.num_classes, {k: v for k, v in stats.items() if k.startswith("status_")})
-    _save_json(os.path.join(cache, aligner.key, "stats.json"), stats)
-    return faces
+    stats["cache"] = os.path.join(cache, aligner.key)
+    _save_json(os.path.join(stats["cache"], "stats.json"), stats)
+    return faces, stats
 
 
 def progress_callback(name: str, unit: str):
@@ -444,18 +445,10 @@ def run_align(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     if cfg.dataset == "digits":
         raise TrainingError("--stage=align is for face datasets (--data_dir=...)")
     start = time.time()
-    faces = load_faces(cfg)
+    faces, stats = load_faces(cfg)
     seconds = time.time() - start
-    from dibigan_tf.data.align import make_aligner
-    cache = cfg.align_cache_dir or os.path.join(cfg.checkpoint_dir, "aligned")
-    key = make_aligner(cfg.align_template, cfg.align_size, cfg.align_multiple,
-                       cfg.align_none, cfg.align_upsample).key
-    with open(os.path.join(cache, key, "stats.json")) as handle:
-        stats = json.load(handle)
     out = {k: v for k, v in stats.items() if k != "examples"}
-    out.update({"identities": faces.num_classes, "seconds": seconds,
-                "aligned_this_pass": stats.get("aligned_this_pass", 0),
-                "cache": os.path.join(cache, key)})
+    out.update({"identities": faces.num_classes, "seconds": seconds})
     if out["aligned_this_pass"]:
         out["photos_per_second"] = out["aligned_this_pass"] / seconds
     return out

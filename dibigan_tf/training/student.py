@@ -17,6 +17,8 @@ from dibigan_tf.training.loops import distributed_step, run_phase
 # model -> (target mean, target scale) variables (not attributes: Keras would track them as
 # model weights)
 _TARGET_MEANS = weakref.WeakKeyDictionary()
+# model -> its traced embedding function (student_embed)
+_EMBED_FNS = weakref.WeakKeyDictionary()
 
 
 def make_student(strategy, image_shape, embedding_dim, depth="small", width=32):
@@ -83,15 +85,20 @@ def train_student(run_dir, strategy, images, features, *, depth="small", width=3
 
 def student_embed(model, images, batch_size=500):
     """F^S embeddings of uint8 images (inference mode), in F's space: when the student learnt
-    centred targets, its output direction at the centred features' mean length, plus the mean."""
-    mean, scale = _TARGET_MEANS.get(model, (None, None))
-    centred = mean is not None and float(scale.numpy()) > 0.0
+    centred targets, its output direction at the centred features' mean length, plus the mean.
+    The traced function is kept per model, so repeated calls do not trace again."""
+    fn = _EMBED_FNS.get(model)
+    if fn is None:
+        mean, scale = _TARGET_MEANS.get(model, (None, None))
+        centred = mean is not None and float(scale.numpy()) > 0.0
 
-    def to_f_space(y):
-        return mean + scale * tf.math.l2_normalize(y, axis=-1) if centred else y
+        def to_f_space(y):
+            return mean + scale * tf.math.l2_normalize(y, axis=-1) if centred else y
 
-    # one trace for every batch, the shorter last one included
-    fn = tf.function(lambda x: to_f_space(model(uint8_to_unit(x), training=False)[-1]),
-                     input_signature=[tf.TensorSpec([None] + list(images.shape[1:]), tf.uint8)])
+        # one trace for every batch, the shorter last one included
+        fn = tf.function(lambda x: to_f_space(model(uint8_to_unit(x), training=False)[-1]),
+                         input_signature=[tf.TensorSpec([None] + list(images.shape[1:]),
+                                                        tf.uint8)])
+        _EMBED_FNS[model] = fn
     return np.concatenate([fn(tf.constant(images[i:i + batch_size])).numpy()
                            for i in range(0, len(images), batch_size)])
