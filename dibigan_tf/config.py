@@ -93,6 +93,10 @@ class RunConfig:
     checkpoint_every_steps: int = 0
     stop_after_steps: int = 0
     inject_nan: str = ""            # "<stage>:<step>": fault injection (tests of the NaN guard)
+    # speed flags of every training (F^S, H, G/D): XLA, and the Keras precision policy of F^S and
+    # G/D (training/precision.py; H stays float32)
+    jit_compile: bool = False
+    mixed_precision: str = "float32"
     matcher: MatcherConfig = dataclasses.field(default_factory=MatcherConfig)
     student: StudentConfig = dataclasses.field(default_factory=StudentConfig)
     flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)

@@ -1,6 +1,7 @@
 """Throughput of one training step of each trainable, as a table and a JSON file.
 
-    python experiments/bench.py [--only=flow,gan,student] [--steps=10] [--out=bench.json]
+    python experiments/bench.py [--only=flow,student,gan,pipeline,features] [--steps=10]
+        [--jit_compile] [--mixed_precision=mixed_bfloat16] [--out=bench.json]
 
 Each row: images per second after a warm-up (the first call traces the tf.function), with the
 batch size and resolution stated. Run on an otherwise idle machine.
@@ -17,14 +18,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dibigan_tf import keras_compat  # noqa: E402,F401
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("only", ["flow", "student", "gan", "features"], "Which benchmarks to run "
-                  "(features: dlib alignment and feature extraction).")
+flags.DEFINE_list("only", ["flow", "student", "gan", "pipeline", "features"], "Which "
+                  "benchmarks to run (pipeline: the prefetched input pipeline alone; features: "
+                  "dlib alignment and feature extraction).")
 flags.DEFINE_integer("feature_images", 64, "Images per dlib extraction row.")
 flags.DEFINE_list("query_runs", [], "Run directories whose report/metrics.json query counts "
                   "are listed with the time they take at the measured dlib rate.")
 flags.DEFINE_integer("steps", 10, "Timed steps per row (after one warm-up step).")
 flags.DEFINE_string("out", "checkpoints/bench.json", "JSON output path.")
-flags.DEFINE_bool("jit_compile", False, "XLA-compile the GAN step.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile every training step (H, F^S, G+D).")
+flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+                  "Precision policy of the F^S and G+D rows (H is always float32).")
 flags.DEFINE_list("gan_rows", ["digits", "faces", "pggan512"], "GAN rows: digits (32x32, the "
                   "default run's G/D), faces (64x64), pggan512 (512 maps at every scale up to "
                   "32x32, 8x512 mapping, batch 16, stable, G+D losses only: the width of "
@@ -61,15 +65,30 @@ def machine_flops(n=4096, repeats=5):
 
 
 def _time(fn, steps):
+    """Seconds per call after a trace + warm-up call. The peak of TensorFlow's CPU allocator
+    over the timed calls is left for `_peak_mb` (tensors only: weights, activations, gradients,
+    optimizer slots; not the Python process around them)."""
+    import tensorflow as tf
     fn()  # trace + warm-up
     fn()
+    tf.config.experimental.reset_memory_stats("CPU:0")
     start = time.perf_counter()
     for _ in range(steps):
         fn()
     return (time.perf_counter() - start) / steps
 
 
-def bench_flow(steps):
+def _peak_mb():
+    import tensorflow as tf
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2 ** 20
+
+
+def _speed(row, jit_compile, precision="float32"):
+    row.update({"xla": bool(jit_compile), "precision": precision, "peak_memory_mb": _peak_mb()})
+    return row
+
+
+def bench_flow(steps, jit_compile=False):
     import numpy as np
     import tensorflow as tf
     from dibigan_tf.models.flow import dequantize, nll_loss
@@ -86,7 +105,7 @@ def bench_flow(steps):
                              tf.uint8)
         labels = tf.constant(np.arange(batch) % 10, tf.int64)
 
-        @tf.function
+        @tf.function(jit_compile=jit_compile or None)
         def step():
             x = dequantize(images)
             with tf.GradientTape() as tape:
@@ -95,44 +114,49 @@ def bench_flow(steps):
             return loss
 
         dt = _time(lambda: float(step()), steps)
-        rows.append({"name": "H (flow) train step", "resolution": f"{shape[0]}x{shape[1]}x{shape[2]}",
-                     "batch": batch, "seconds_per_step": dt, "images_per_second": batch / dt,
-                     "params": flow.count_params()})
+        rows.append(_speed({"name": "H (flow) train step",
+                            "resolution": f"{shape[0]}x{shape[1]}x{shape[2]}",
+                            "batch": batch, "seconds_per_step": dt,
+                            "images_per_second": batch / dt, "params": flow.count_params()},
+                           jit_compile))
     return rows
 
 
-def bench_student(steps):
+def bench_student(steps, jit_compile=False, precision="float32"):
     import numpy as np
     import tensorflow as tf
     from dibigan_tf import losses
     from dibigan_tf.training.common import build_optimizer, make_strategy
+    from dibigan_tf.training import precision as mp
     from dibigan_tf.training.student import make_student
     rows = []
     strategy = make_strategy("default")
     for shape, depth, width, batch in [((32, 32, 1), "small", 16, 64),
                                        ((64, 64, 3), "18", 32, 64)]:
-        model = make_student(strategy, shape, 128, depth, width)
-        opt = build_optimizer(strategy, model.trainable_variables, 1e-3)
+        model = make_student(strategy, shape, 128, depth, width, precision)
+        opt = build_optimizer(strategy, model.trainable_variables, 1e-3,
+                              mixed_precision=precision)
         x = tf.random.uniform((batch,) + shape, -1, 1)
         t = tf.random.normal([batch, 128])
 
-        @tf.function
+        @tf.function(jit_compile=jit_compile or None)
         def step():
             with tf.GradientTape() as tape:
                 loss = tf.reduce_mean(losses.cosine_distill_loss(t, model(x, training=True)[-1]))
-            opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
-                                    model.trainable_variables))
+                scaled = mp.scale_loss(opt, loss)
+            grads = mp.gradients(tape, opt, scaled, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
             return loss
 
         dt = _time(lambda: float(step()), steps)
-        rows.append({"name": f"F^S train step (resnet-{depth}, width {width})",
-                     "resolution": f"{shape[0]}x{shape[1]}x{shape[2]}", "batch": batch,
-                     "seconds_per_step": dt, "images_per_second": batch / dt,
-                     "params": model.count_params()})
+        rows.append(_speed({"name": f"F^S train step (resnet-{depth}, width {width})",
+                            "resolution": f"{shape[0]}x{shape[1]}x{shape[2]}", "batch": batch,
+                            "seconds_per_step": dt, "images_per_second": batch / dt,
+                            "params": model.count_params()}, jit_compile, precision))
     return rows
 
 
-def bench_gan(steps, jit_compile):
+def bench_gan(steps, jit_compile, precision="float32"):
     import numpy as np
     import tensorflow as tf
     from dibigan_tf.training.common import make_strategy
@@ -144,18 +168,20 @@ def bench_gan(steps, jit_compile):
     configs = [
         ("digits (F)", (32, 32, 1), 1024, GanConfig(
             g_channels=(128, 64, 16), d_channels=(64, 32, 16), batch_sizes=(64, 64, 64),
-            biject_margin=1.0, jit_compile=jit_compile), ("small", 16)),
+            biject_margin=1.0, jit_compile=jit_compile, mixed_precision=precision),
+         ("small", 16)),
+        # the G/D of faces_blackbox.flags and lfw_blackbox_dlib.flags, with their F^S
         ("faces 64x64 (F)", (64, 64, 3), 128, GanConfig(
-            start_resolution=4, num_blocks=5, g_channels=(256, 256, 128, 64, 32),
-            d_channels=(256, 256, 128, 64, 32), stable_images=(1,) * 5, fade_images=(0,) + (1,) * 4,
-            batch_sizes=(64, 64, 32, 32, 16), biject_margin=1.0, jit_compile=jit_compile),
-         ("18", 32)),
+            start_resolution=8, num_blocks=4, g_channels=(256, 128, 64, 32),
+            d_channels=(64, 64, 32, 32), stable_images=(1,) * 4, fade_images=(0,) + (1,) * 3,
+            batch_sizes=(64, 32, 32, 16), biject_margin=1.0, jit_compile=jit_compile,
+            mixed_precision=precision), ("18", 32)),
     ]
     configs.append(("pggan512 32x32 (G+D only)", (32, 32, 3), 512, GanConfig(
         start_resolution=4, num_blocks=4, g_channels=(512,) * 4, d_channels=(512,) * 4,
         mapping_layers=8, mapping_dim=512, latent_dim=512, stable_images=(1,) * 4,
         fade_images=(0,) + (1,) * 3, batch_sizes=(16,) * 4, use_distill=False,
-        use_biject=False, jit_compile=jit_compile), ("small", 8)))
+        use_biject=False, jit_compile=jit_compile, mixed_precision=precision), ("small", 8)))
     configs = [c for c in configs if c[0].split()[0] in FLAGS.gan_rows]
     for label, shape, fdim, cfg, (depth, width) in configs:
         rng = np.random.default_rng(0)
@@ -188,12 +214,35 @@ def bench_gan(steps, jit_compile):
                     continue    # no F^S/H targets: one variant only
                 step = trainer.make_step(phase)
                 dt = _time(lambda: float(step(data, *args)["g_loss"]), steps)
-                row = {"name": f"G+D step, {label}, stable, {variant}",
-                       "resolution": f"{phase.resolution}x{phase.resolution}", "batch": b,
-                       "seconds_per_step": dt, "images_per_second": b / dt, "xla": jit_compile}
+                row = _speed({"name": f"G+D step, {label}, stable, {variant}",
+                              "resolution": f"{phase.resolution}x{phase.resolution}", "batch": b,
+                              "seconds_per_step": dt, "images_per_second": b / dt},
+                             jit_compile, precision)
                 if FLAGS.flops:
                     row["flops_per_step"] = step_flops(step, data, *args)
                 rows.append(row)
+    return rows
+
+
+def bench_pipeline(steps):
+    """Batches per second the training input pipeline (`array_dataset`: seeded index batches
+    gathered from the in-memory arrays, prefetched) delivers on its own, at the shapes the steps
+    consume: it must outrun every step above, or the step would wait for data."""
+    import numpy as np
+    from dibigan_tf.training.common import array_dataset
+    rows = []
+    rng = np.random.default_rng(0)
+    for shape, fdim, batch, n in [((32, 32, 1), 1024, 64, 4000), ((64, 64, 3), 128, 16, 7000),
+                                  ((64, 64, 3), 128, 64, 7000)]:
+        arrays = {"images": rng.integers(0, 256, (n,) + shape).astype(np.uint8),
+                  "features": rng.standard_normal((n, fdim)).astype(np.float32),
+                  "labels": rng.integers(0, 100, n).astype(np.int64)}
+        iterator = iter(array_dataset(arrays, batch, 0, 0))
+        count = max(steps * 20, 200)
+        dt = _time(lambda: next(iterator), count)
+        rows.append({"name": "input pipeline (array_dataset, prefetch 4)",
+                     "resolution": f"{shape[0]}x{shape[1]}x{shape[2]}", "batch": batch,
+                     "seconds_per_step": dt, "images_per_second": batch / dt})
     return rows
 
 
@@ -274,26 +323,34 @@ def main(argv):
     del argv
     rows = []
     if "flow" in FLAGS.only:
-        rows += bench_flow(FLAGS.steps)
+        rows += bench_flow(FLAGS.steps, FLAGS.jit_compile)
     if "student" in FLAGS.only:
-        rows += bench_student(FLAGS.steps)
+        rows += bench_student(FLAGS.steps, FLAGS.jit_compile, FLAGS.mixed_precision)
     if "gan" in FLAGS.only:
-        rows += bench_gan(FLAGS.steps, FLAGS.jit_compile)
+        rows += bench_gan(FLAGS.steps, FLAGS.jit_compile, FLAGS.mixed_precision)
+    if "pipeline" in FLAGS.only:
+        rows += bench_pipeline(FLAGS.steps)
     if "features" in FLAGS.only:
         rows += bench_features(FLAGS.feature_images)
     peak = machine_flops() if FLAGS.flops and any("flops_per_step" in r for r in rows) else None
     if peak:
         print(f"machine: {peak / 1e9:.1f} GFLOP/s (float32 4096x4096 matmul, best of 5)")
-    print(f"{'benchmark':<56} {'input':>10} {'batch':>6} {'ms/step':>9} {'img/s':>8} "
-          f"{'GFLOP/step':>11} {'util':>6}")
+    print(f"{'benchmark':<56} {'input':>10} {'batch':>6} {'mode':>9} {'ms/step':>9} "
+          f"{'img/s':>8} {'peak MB':>8} {'GFLOP/step':>11} {'util':>6}")
     for r in rows:
         extra = ""
         if peak and "flops_per_step" in r:
             r["gflops_per_second"] = r["flops_per_step"] / r["seconds_per_step"] / 1e9
             r["utilisation"] = r["flops_per_step"] / r["seconds_per_step"] / peak
             extra = f" {r['flops_per_step'] / 1e9:>11.2f} {100 * r['utilisation']:>5.0f}%"
-        print(f"{r['name']:<56} {r['resolution']:>10} {r['batch']:>6} "
-              f"{1000 * r['seconds_per_step']:>9.1f} {r['images_per_second']:>8.1f}{extra}")
+        mem = f"{r['peak_memory_mb']:>8.0f}" if "peak_memory_mb" in r else f"{'':>8}"
+        mode = ""
+        if "precision" in r:
+            mode = {"float32": "f32", "mixed_float16": "f16", "mixed_bfloat16": "bf16"}[
+                r["precision"]] + ("+xla" if r["xla"] else "")
+        print(f"{r['name']:<56} {r['resolution']:>10} {r['batch']:>6} {mode:>9} "
+              f"{1000 * r['seconds_per_step']:>9.1f} {r['images_per_second']:>8.1f} {mem}"
+              f"{extra}")
     if peak:
         rows.append({"name": "machine matmul", "gflops_per_second": peak / 1e9})
     for line in _query_lines(rows):

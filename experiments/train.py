@@ -122,7 +122,12 @@ flags.DEFINE_float("condition_noise", 0.0, "Std of Gaussian noise on G's (scaled
 flags.DEFINE_float("ema_kimg", 10.0, "Half-life of G's EMA in thousands of images.")
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalars.")
 flags.DEFINE_integer("image_every", 500, "Steps between TensorBoard image grids.")
-flags.DEFINE_bool("jit_compile", False, "XLA-compile the GAN step.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the training steps (F^S, H, G/D); off by "
+                  "default: slower on this machine's CPU (README, make bench).")
+flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+                  "Keras precision policy of F^S and G/D (H stays float32); mixed_float16 adds "
+                  "dynamic loss scaling. float32 by default: the mixed policies are slower on "
+                  "CPU (README, make bench).")
 
 
 def _ints(values):
@@ -157,7 +162,7 @@ def build_config():
         use_recon=FLAGS.use_recon, ema_kimg=FLAGS.ema_kimg, feature_norm=FLAGS.feature_norm,
         condition_noise=FLAGS.condition_noise, seed=FLAGS.seed + 3,
         log_every=FLAGS.log_every, image_every=FLAGS.image_every,
-        jit_compile=FLAGS.jit_compile)
+        jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision)
     dataset = FLAGS.dataset
     if FLAGS.data_dir and dataset == "digits":
         if not FLAGS["dataset"].present:
@@ -183,6 +188,7 @@ def build_config():
         checkpoint_every_seconds=FLAGS.checkpoint_every_seconds,
         checkpoint_every_steps=FLAGS.checkpoint_every_steps,
         stop_after_steps=FLAGS.stop_after_steps, inject_nan=FLAGS.inject_nan,
+        jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision,
         matcher=matcher_config(feature_dim=FLAGS.matcher_feature_dim,
                                epochs=FLAGS.matcher_epochs),
         student=StudentConfig(depth=FLAGS.student_depth, width=FLAGS.student_width,

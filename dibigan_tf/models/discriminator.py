@@ -192,7 +192,7 @@ class ProgressiveDiscriminator(keras.Model):
         images = tf.cast(inputs, self.compute_dtype)
         h = self.from_rgb[stage](images)
         if stage == 0:
-            return self.blocks[0](h)
+            return tf.cast(self.blocks[0](h), tf.float32)   # scores in float32 (precision.py)
         h = self.blocks[stage](h)
         if alpha is None:
             alpha = 1.0
@@ -200,7 +200,7 @@ class ProgressiveDiscriminator(keras.Model):
         h = lerp(old, h, tf.cast(alpha, h.dtype))
         for i in range(stage - 1, -1, -1):
             h = self.blocks[i](h)
-        return h
+        return tf.cast(h, tf.float32)
 
     def get_config(self):
         return dict(start_resolution=self.start_resolution, num_blocks=self.num_blocks,

@@ -310,13 +310,15 @@ class _ProgressiveSynthesisBase(keras.Model):
         stage = _check_stage(stage, self.num_blocks)
         v, f = self._parse_inputs(inputs, f)
         hs = self._run_blocks(v, f, stage)
-        new = self.to_rgb[stage](hs[stage])
+        # images leave G in float32 whatever the layers compute in (training/precision.py)
+        new = tf.cast(self.to_rgb[stage](hs[stage]), tf.float32)
         if stage == 0:
             return new
         if alpha is None:
             alpha = 1.0
-        old = self.blocks[stage].upsample(self.to_rgb[stage - 1](hs[stage - 1]))
-        return lerp(old, new, tf.cast(alpha, new.dtype))
+        old = tf.cast(self.blocks[stage].upsample(self.to_rgb[stage - 1](hs[stage - 1])),
+                      tf.float32)
+        return lerp(old, new, tf.cast(alpha, tf.float32))
 
     def get_config(self):
         return dict(feature_dim=self.feature_dim, latent_dim=self.latent_dim,

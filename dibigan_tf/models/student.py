@@ -90,7 +90,9 @@ def build_student(input_shape, embedding_dim, depth="small", width=32, name="stu
             stride = 2 if (b == 0 and stage > 0) else 1
             x = block(x, filters, stride, f"stage{stage + 1}_block{b + 1}")
         # F^S_j of Eq. 7, named tap_1 ... tap_n (weightless: old checkpoints still load)
-        taps.append(keras.layers.Activation("linear", name=f"tap_{stage + 1}")(x))
+        # (float32 outputs under a mixed precision policy: training/precision.py)
+        taps.append(keras.layers.Activation("linear", dtype="float32",
+                                            name=f"tap_{stage + 1}")(x))
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    embedding = keras.layers.Dense(embedding_dim, name="embedding")(x)
+    embedding = keras.layers.Dense(embedding_dim, dtype="float32", name="embedding")(x)
     return keras.Model(inputs, taps + [embedding], name=name)

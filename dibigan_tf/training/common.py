@@ -14,6 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from dibigan_tf.keras_compat import keras
+from dibigan_tf.training import precision
 
 
 class TrainingError(RuntimeError):
@@ -260,10 +261,13 @@ def to_uint8(images) -> np.ndarray:
     return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def build_optimizer(strategy, variables, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
+def build_optimizer(strategy, variables, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                    mixed_precision="float32"):
     """Adam, created inside the strategy scope and built on its variables (so checkpoint restore
-    needs no deferred slot creation)."""
+    needs no deferred slot creation); under mixed_float16 wrapped in a dynamic loss scale
+    (training/precision.py)."""
     with strategy.scope():
         opt = keras.optimizers.Adam(learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
+        opt = precision.wrap_optimizer(opt, mixed_precision)
         opt.build(variables)
     return opt

@@ -33,8 +33,11 @@ def class_samples(flow, prior, num_classes, per_class=8, temperature=0.7, seed=0
 def train_flow(run_dir, strategy, images, labels, num_classes, *, num_steps=5,
                hidden_channels=32, num_res_blocks=2, mixing="conv1x1", covariance="diag",
                epochs=10, batch_size=64, learning_rate=1e-3, seed=2, log_every=20,
-               **loop_kwargs):
-    """Trains (or resumes) H and its priors; returns (flow, prior), frozen afterwards."""
+               jit_compile=False, **loop_kwargs):
+    """Trains (or resumes) H and its priors; returns (flow, prior), frozen afterwards.
+
+    H is float32 whatever --mixed_precision says (training/precision.py); jit_compile XLA-compiles
+    its step."""
     flow, prior = make_flow(strategy, images.shape[1:], num_classes, num_steps, hidden_channels,
                             num_res_blocks, mixing, covariance, seed)
     variables = flow.trainable_variables + prior.trainable_variables
@@ -65,7 +68,7 @@ def train_flow(run_dir, strategy, images, labels, num_classes, *, num_steps=5,
         bpd = bits_per_dim(nll, num_dims)
         return {"nll_per_dim": loss, "bits_per_dim": tf.reduce_sum(bpd) / global_batch}
 
-    step = distributed_step(strategy, replica_step)
+    step = distributed_step(strategy, replica_step, jit_compile=jit_compile)
 
     def on_log(step_number, values):
         if step_number % (log_every * 10) == 0:

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from dibigan_tf import losses
+from dibigan_tf.training import precision
 from dibigan_tf.matchers.lenet import uint8_to_unit
 from dibigan_tf.models.discriminator import ProgressiveDiscriminator
 from dibigan_tf.models.generator import build_generator
@@ -66,6 +67,8 @@ class GanConfig:
     log_every: int = 50
     image_every: int = 500
     jit_compile: bool = False
+    # float32, mixed_float16 or mixed_bfloat16 for G and D (training/precision.py)
+    mixed_precision: str = "float32"
     # Stable phases read the real images' F^S/H outputs from a per-phase cache (see
     # GanTrainer.uses_cached_targets); False computes them in every step (same losses, slower).
     cache_real_targets: bool = True
@@ -181,13 +184,15 @@ class GanTrainer:
         with strategy.scope():
             self.feature_mean = tf.Variable(mean, trainable=False, name="feature_mean")
             self.feature_std = tf.Variable(std, trainable=False, name="feature_std")
-        with strategy.scope():
+        with strategy.scope(), precision.policy_scope(cfg.mixed_precision):
             self.generator, self.ema, self.discriminator = build_networks(
                 cfg, features.shape[1], images.shape[-1])
         self.g_opt = build_optimizer(strategy, self.generator.trainable_variables,
-                                     cfg.learning_rate, cfg.beta_1, cfg.beta_2)
+                                     cfg.learning_rate, cfg.beta_1, cfg.beta_2,
+                                     mixed_precision=cfg.mixed_precision)
         self.d_opt = build_optimizer(strategy, self.discriminator.trainable_variables,
-                                     cfg.learning_rate, cfg.beta_1, cfg.beta_2)
+                                     cfg.learning_rate, cfg.beta_1, cfg.beta_2,
+                                     mixed_precision=cfg.mixed_precision)
         self.stage = Stage(run_dir, name, strategy, {
             "generator": self.generator, "generator_ema": self.ema,
             "discriminator": self.discriminator, "g_optimizer": self.g_opt,
@@ -235,7 +240,9 @@ class GanTrainer:
                                                          training=True), real, fake, eps)
                 d_ex = losses.critic_wgan(d_real, d_fake, cfg.drift) + cfg.gp_weight * gp
                 d_loss = tf.nn.compute_average_loss(d_ex, global_batch_size=batch)
-            self.d_opt.apply_gradients(zip(tape.gradient(d_loss, d_vars), d_vars))
+                d_scaled = precision.scale_loss(self.d_opt, d_loss)
+            self.d_opt.apply_gradients(zip(
+                precision.gradients(tape, self.d_opt, d_scaled, d_vars), d_vars))
 
             # ---- generator (Eq. 8)
             out = {"d_loss": d_loss,
@@ -279,7 +286,9 @@ class GanTrainer:
                     total += weights[0] * biject
                     out["biject"] = tf.reduce_sum(biject) / batch
                 g_loss = tf.nn.compute_average_loss(total, global_batch_size=batch)
-            self.g_opt.apply_gradients(zip(tape.gradient(g_loss, g_vars), g_vars))
+                g_scaled = precision.scale_loss(self.g_opt, g_loss)
+            self.g_opt.apply_gradients(zip(
+                precision.gradients(tape, self.g_opt, g_scaled, g_vars), g_vars))
             out["g_loss"] = g_loss
             return out
 

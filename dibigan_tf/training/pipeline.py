@@ -268,7 +268,9 @@ def _student_stage(cfg: RunConfig, ctx: RunContext):
                                depth=s.depth, width=s.width, epochs=s.epochs,
                                batch_size=s.batch_size, learning_rate=s.learning_rate,
                                max_shift=s.max_shift, seed=cfg.seed + 1,
-                               center_targets=s.center_targets, **ctx.loop_kwargs)
+                               center_targets=s.center_targets,
+                               mixed_precision=cfg.mixed_precision, jit_compile=cfg.jit_compile,
+                               **ctx.loop_kwargs)
     ctx.seconds["student"] = _stage_seconds(ctx.run_dir, "student")
     cosine = float(np.mean(cosine_similarity_rows(student_embed(student, ctx.heldout.images),
                                                   ctx.held_features)))
@@ -503,8 +505,9 @@ def _open_run(cfg: RunConfig, loop_kwargs: dict | None):
     config_path = os.path.join(run_dir, "config.json")
     if os.path.exists(config_path):
         with open(config_path) as handle:
-            changed = config_changes(json.load(handle), json.loads(json.dumps(
-                cfg.to_dict(), default=str)))
+            old = json.load(handle)
+        _check_same_precision(old, cfg)
+        changed = config_changes(old, json.loads(json.dumps(cfg.to_dict(), default=str)))
         if changed:
             logging.warning("run %s was started with other settings; finished stages keep "
                             "theirs, later stages use the new ones: %s", cfg.run_name,
@@ -517,6 +520,15 @@ def _open_run(cfg: RunConfig, loop_kwargs: dict | None):
     if cfg.inject_nan:
         loop_kwargs.setdefault("inject_nan", cfg.inject_nan)
     return run_dir, strategy, loop_kwargs
+
+
+def _check_same_precision(old: dict, cfg: RunConfig):
+    """A run's checkpoints hold its optimizers as built for its precision policy (a loss-scaled
+    optimizer under mixed_float16), so a resumed run must keep the policy it started with."""
+    before = old.get("mixed_precision", "float32")
+    if before != cfg.mixed_precision:
+        raise TrainingError(f"run {cfg.run_name} was started with --mixed_precision={before}; "
+                            f"resume it with the same policy, or give another --run_name")
 
 
 # Settings that change how a run is driven, not what it trains.
@@ -632,7 +644,8 @@ def _flow_stage(cfg: RunConfig, run_dir, strategy, train, loop_kwargs):
                                  num_res_blocks=fl.num_res_blocks, mixing=fl.mixing,
                                  covariance=fl.covariance, epochs=fl.epochs,
                                  batch_size=fl.batch_size, learning_rate=fl.learning_rate,
-                                 seed=cfg.seed + 2, **loop_kwargs)
+                                 seed=cfg.seed + 2, jit_compile=cfg.jit_compile,
+                                 **loop_kwargs)
     except (ValueError, tf.errors.OpError) as error:
         if not fl.from_run:
             raise

@@ -10,6 +10,7 @@ from dibigan_tf import losses
 from dibigan_tf.matchers.lenet import uint8_to_unit
 from dibigan_tf.models.student import build_student
 from dibigan_tf.training.classifier import random_shift
+from dibigan_tf.training import precision
 from dibigan_tf.training.common import Stage, build_optimizer
 from dibigan_tf.training.loops import distributed_step, run_phase
 
@@ -21,14 +22,16 @@ _TARGET_MEANS = weakref.WeakKeyDictionary()
 _EMBED_FNS = weakref.WeakKeyDictionary()
 
 
-def make_student(strategy, image_shape, embedding_dim, depth="small", width=32):
-    with strategy.scope():
+def make_student(strategy, image_shape, embedding_dim, depth="small", width=32,
+                 mixed_precision="float32"):
+    with strategy.scope(), precision.policy_scope(mixed_precision):
         return build_student(image_shape, embedding_dim, depth=depth, width=width)
 
 
 def train_student(run_dir, strategy, images, features, *, depth="small", width=32, epochs=10,
                   batch_size=64, learning_rate=1e-3, max_shift=2, seed=1, log_every=20,
-                  center_targets=False, **loop_kwargs):
+                  center_targets=False, mixed_precision="float32", jit_compile=False,
+                  **loop_kwargs):
     """Trains F^S on (image, F(image)) pairs with Eq. 6 (or resumes); returns (model, stage).
 
     images: uint8 [n, h, w, c]; features: the blackbox embeddings from the feature store.
@@ -43,9 +46,13 @@ def train_student(run_dir, strategy, images, features, *, depth="small", width=3
     the raw cosine barely sees identity and its gradient (1 - cos) vanishes. F^S's output (and so
     the cosine term of Eq. 7 in the GAN) then lives in the centred space. Off by default (the
     paper's Eq. 6 as written; the digits default).
+
+    mixed_precision / jit_compile: the speed flags of training/precision.py and XLA for the step.
     """
-    model = make_student(strategy, images.shape[1:], features.shape[1], depth, width)
-    optimizer = build_optimizer(strategy, model.trainable_variables, learning_rate)
+    model = make_student(strategy, images.shape[1:], features.shape[1], depth, width,
+                         mixed_precision)
+    optimizer = build_optimizer(strategy, model.trainable_variables, learning_rate,
+                                mixed_precision=mixed_precision)
     mean = features.mean(axis=0) if center_targets else np.zeros(features.shape[1])
     # Eq. 6 leaves the length of F^S's output free; in F's space the centred part gets the mean
     # length of the centred training features back.
@@ -71,12 +78,13 @@ def train_student(run_dir, strategy, images, features, *, depth="small", width=3
             embedding = model(x, training=True)[-1]
             per_example = losses.cosine_distill_loss(batch["features"] - target_mean, embedding)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-        grads = tape.gradient(loss, model.trainable_variables)
+            scaled = precision.scale_loss(optimizer, loss)
+        grads = precision.gradients(tape, optimizer, scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         cosine = 1.0 - tf.sqrt(per_example)
         return {"loss": loss, "cosine": tf.reduce_sum(cosine) / global_batch}
 
-    step = distributed_step(strategy, replica_step)
+    step = distributed_step(strategy, replica_step, jit_compile=jit_compile)
     run_phase(stage, step, {"images": images, "features": features.astype(np.float32)},
               batch_size, epochs * len(images), seed, log_every=log_every, **loop_kwargs)
     stage.mark_done()
