@@ -112,40 +112,70 @@ def w2_gaussian_full(mu1, cov1, mu2, cov2):
     return tf.reduce_sum(tf.square(mu1 - mu2), axis=-1) + trace
 
 
-def pairwise_w2_diag(mu, sigma):
-    """Eq. 4 between every pair of rows: [batch, batch] matrix of W2^2 distances (diagonal)."""
-    def sq(a):
-        norms = tf.reduce_sum(tf.square(a), axis=-1)
-        return norms[:, None] + norms[None, :] - 2.0 * tf.matmul(a, a, transpose_b=True)
-    return tf.maximum(sq(mu) + sq(sigma), 0.0)
+def pairwise_w2_diag(mu, sigma, mu2=None, sigma2=None):
+    """Eq. 4 between every pair of rows: [batch, batch] matrix of W2^2 distances (diagonal);
+    with (mu2, sigma2), between the rows of the first and of the second set: [batch, batch2]."""
+    mu2 = mu if mu2 is None else mu2
+    sigma2 = sigma if sigma2 is None else sigma2
+
+    def sq(a, b):
+        return (tf.reduce_sum(tf.square(a), axis=-1)[:, None]
+                + tf.reduce_sum(tf.square(b), axis=-1)[None, :]
+                - 2.0 * tf.matmul(a, b, transpose_b=True))
+    return tf.maximum(sq(mu, mu2) + sq(sigma, sigma2), 0.0)
 
 
-def identity_aware_loss(distances, labels, margin):
+def identity_aware_loss(distances, labels, margin, other_labels=None, offset=0):
     """Eq. 5 over all unordered pairs of a batch, averaged per example.
 
     distances: [batch, batch] Eq. 4 distances between reconstructions; labels: [batch] identities.
     Same identity: d; different identity: max(0, m - d). Each example gets the mean over its pairs
     with the other examples of the batch (so the result is [batch] and sums to the mean over all
     ordered pairs times batch size). A batch of one gives zeros.
+
+    A replica's rows against the whole global batch: distances [batch, global], other_labels
+    [global] and `offset`, the global index of the replica's first row (row i is itself at
+    column offset + i). Each row then gets exactly the value it gets on a single device.
     """
-    same = tf.cast(tf.equal(labels[:, None], labels[None, :]), distances.dtype)
-    batch = tf.shape(distances)[0]
-    off_diagonal = 1.0 - tf.eye(batch, dtype=distances.dtype)
+    if other_labels is None:
+        other_labels = labels
+    same = tf.cast(tf.equal(labels[:, None], other_labels[None, :]), distances.dtype)
+    rows, columns = tf.shape(distances)[0], tf.shape(distances)[1]
+    off_diagonal = 1.0 - tf.one_hot(tf.range(rows) + offset, columns, dtype=distances.dtype)
     per_pair = same * distances + (1.0 - same) * tf.nn.relu(margin - distances)
     per_pair *= off_diagonal
-    count = tf.maximum(tf.cast(batch - 1, distances.dtype), 1.0)
+    count = tf.maximum(tf.cast(columns - 1, distances.dtype), 1.0)
     return tf.reduce_sum(per_pair, axis=1) / count
 
 
-def biject_loss(fake_z, real_z, labels, margin):
+def replica_gather(tensors):
+    """(tensors gathered over the replicas along axis 0, global index of this replica's first
+    row): the whole global batch seen from inside one replica's step (differentiable: the
+    gradient of a gathered row returns to the replica that computed it). Outside a distributed
+    step, or with one replica: (tensors, 0)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return tensors, 0
+    offset = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * tf.shape(tensors[0])[0]
+    return [ctx.all_gather(t, axis=0) for t in tensors], offset
+
+
+def biject_loss(fake_z, real_z, labels, margin, across_replicas=True):
     """L_biject of Eq. 8: Eq. 4 between H(x~) and H(x) plus Eq. 5 among the reconstructions.
 
     fake_z, real_z: [batch, h, w, c] latents of H (frozen); labels: [batch]. Returns [batch].
+    Eq. 5's pairs are those of the global batch: under a distribution strategy each replica's
+    reconstructions are compared with every other reconstruction of the step (`replica_gather`),
+    so the loss does not change with the number of replicas.
     """
     mu_f, sigma_f = latent_gaussian_stats(fake_z)
     mu_r, sigma_r = latent_gaussian_stats(tf.stop_gradient(real_z))
     pointwise = w2_gaussian_diag(mu_f, sigma_f, mu_r, sigma_r)
-    pairwise = identity_aware_loss(pairwise_w2_diag(mu_f, sigma_f), labels, margin)
+    (all_mu, all_sigma, all_labels), offset = (
+        replica_gather([mu_f, sigma_f, labels]) if across_replicas
+        else ([mu_f, sigma_f, labels], 0))
+    pairwise = identity_aware_loss(pairwise_w2_diag(mu_f, sigma_f, all_mu, all_sigma), labels,
+                                   margin, other_labels=all_labels, offset=offset)
     return pointwise + pairwise
 
 

@@ -198,8 +198,9 @@ def bench_gan(steps, jit_compile, precision="float32"):
                               phase.resolution != shape[0]):
                 continue
             b = phase.batch_size
-            batch = {"images": tf.constant(images[:b]), "features": tf.constant(feats[:b]),
-                     "labels": tf.constant(labels[:b].astype(np.int64))}
+            batch = trainer.with_noise({"images": tf.constant(images[:b]),
+                                        "features": tf.constant(feats[:b]),
+                                        "labels": tf.constant(labels[:b].astype(np.int64))})
             args = trainer.step_args(phase.start_image)
             # The stable-phase step as trained (real F^S/H targets from the per-phase cache) and
             # the same step computing them every time (before the cache), for comparison.

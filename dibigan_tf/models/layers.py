@@ -279,11 +279,16 @@ class AdaIN(keras.layers.Layer):
 class MinibatchStdDev(keras.layers.Layer):
     """Minibatch standard deviation (PGGAN), appending one feature map.
 
-    The batch of ``N`` samples is split into groups of ``G`` samples; following PGGAN's
-    ``reshape([G, M, ...])`` (``M = N / G``), sample ``n`` belongs to group ``n % M``.  For every
-    group the per-feature standard deviation over the group (population variance + 1e-8,
-    square-rooted) is averaged over all H, W, C positions, and that scalar is appended as a
-    constant channel to each sample of the group.
+    The batch of ``N`` samples is split into ``M = N / G`` groups of ``G`` consecutive samples
+    (sample ``n`` belongs to group ``n // G``).  For every group the per-feature standard deviation
+    over the group (population variance + 1e-8, square-rooted) is averaged over all H, W, C
+    positions, and that scalar is appended as a constant channel to each sample of the group.
+
+    Consecutive groups rather than PGGAN's strided ``reshape([G, M, ...])`` (group ``n % M``):
+    batches are shuffled, so both draw random groups, but with consecutive groups a global batch
+    split over replicas (each replica a contiguous slice whose size is a multiple of G) forms the
+    very groups the single-device step forms, and the mirrored step equals it
+    (tests/training/test_mirrored.py).
 
     ``G = min(group_size, N)`` if it divides ``N``; otherwise the largest ``G' <= group_size``
     (``G' >= 2``) that divides ``N``; if there is none, the whole batch (``G = N``).  This is
@@ -312,13 +317,13 @@ class MinibatchStdDev(keras.layers.Layer):
         g = self._group_size(n)
         m = n // g
         y = tf.cast(x, tf.float32)
-        y = tf.reshape(y, tf.stack([g, m, h, w, c]))
-        y = y - tf.reduce_mean(y, axis=0, keepdims=True)
-        var = tf.reduce_mean(tf.square(y), axis=0)                     # [M, H, W, C]
+        y = tf.reshape(y, tf.stack([m, g, h, w, c]))
+        y = y - tf.reduce_mean(y, axis=1, keepdims=True)
+        var = tf.reduce_mean(tf.square(y), axis=1)                     # [M, H, W, C]
         std = tf.sqrt(var + self.epsilon)
         std = tf.reduce_mean(std, axis=[1, 2, 3])                      # [M]
-        std = tf.reshape(std, tf.stack([1, m, 1, 1, 1]))
-        std = tf.broadcast_to(std, tf.stack([g, m, h, w, 1]))
+        std = tf.reshape(std, tf.stack([m, 1, 1, 1, 1]))
+        std = tf.broadcast_to(std, tf.stack([m, g, h, w, 1]))
         std = tf.reshape(std, tf.stack([n, h, w, 1]))
         std = tf.cast(std, x.dtype)
         std.set_shape(x.shape[:-1].concatenate([1]))

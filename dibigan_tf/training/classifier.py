@@ -16,14 +16,26 @@ from dibigan_tf.training.loops import distributed_step, run_phase
 MODEL_FILE = "lenet.keras"
 
 
-def random_shift(images, max_shift):
+# the input pipeline's draw for random_shift: one (dy, dx) pair per global batch
+SHIFT_NOISE = {"noise_shift": ((2,), "uniform_per_batch")}
+
+
+def random_shift(images, max_shift, uniform=None):
     """Random translation by up to `max_shift` pixels (background padding), one shift per batch
-    (a single crop: per-example shifts through map_fn cost more than the step they feed)."""
+    (a single crop: per-example shifts through map_fn cost more than the step they feed).
+
+    uniform: the batch's SHIFT_NOISE draws ([batch, 2] in [0, 1), every row the same, so every
+    replica of a split global batch shifts alike); None: the global RNG."""
     if max_shift <= 0:
         return images
     padded = tf.pad(images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]],
                     constant_values=-1.0)
-    return tf.image.random_crop(padded, tf.shape(images))
+    if uniform is None:
+        return tf.image.random_crop(padded, tf.shape(images))
+    offsets = tf.cast(tf.floor(uniform[0] * (2 * max_shift + 1)), tf.int32)
+    offsets = tf.minimum(offsets, 2 * max_shift)
+    shape = tf.shape(images)
+    return tf.slice(padded, tf.stack([0, offsets[0], offsets[1], 0]), shape)
 
 
 def train_lenet(run_dir, strategy, train_images, train_labels, *, feature_dim=1024, epochs=8,
@@ -40,7 +52,7 @@ def train_lenet(run_dir, strategy, train_images, train_labels, *, feature_dim=10
     global_batch = batch_size
 
     def replica_step(batch):
-        x = random_shift(uint8_to_unit(batch["images"]), 2)
+        x = random_shift(uint8_to_unit(batch["images"]), 2, batch["noise_shift"])
         with tf.GradientTape() as tape:
             logits = model(x, training=True)
             per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(batch["labels"], logits)
@@ -53,7 +65,7 @@ def train_lenet(run_dir, strategy, train_images, train_labels, *, feature_dim=10
     step = distributed_step(strategy, replica_step)
     total = epochs * len(train_images)
     run_phase(stage, step, {"images": train_images, "labels": train_labels.astype(np.int64)},
-              batch_size, total, seed, log_every=log_every, **loop_kwargs)
+              batch_size, total, seed, log_every=log_every, noise=SHIFT_NOISE, **loop_kwargs)
     model.save(path)
     stage.mark_done({"model": path})
     return path

@@ -82,12 +82,35 @@ def index_batches(num_items: int, batch_size: int, start_position: int, seed: in
         yield out
 
 
+def batch_noise(noise: dict, batch_size: int, seed: int, batch_number):
+    """Random tensors of one global batch: name -> (shape per example, "normal" | "uniform" |
+    "uniform_per_batch" (one draw repeated in every row)),
+    drawn stateless from (seed, name's rank, batch_number). The noise of the k-th batch of a phase
+    is thus fixed by the data position alone: the same however the batch is split over replicas,
+    and the same after a resume as in an uninterrupted run."""
+    out = {}
+    for i, name in enumerate(sorted(noise)):
+        shape, kind = noise[name]
+        key = tf.stack([tf.constant(seed * 64 + i, tf.int64), tf.cast(batch_number, tf.int64)])
+        if kind == "uniform_per_batch":   # one draw for the whole batch, in every row
+            draw = tf.random.stateless_uniform((1,) + tuple(shape), seed=key)
+            out[name] = tf.tile(draw, [batch_size] + [1] * len(shape))
+            continue
+        draw = {"normal": tf.random.stateless_normal,
+                "uniform": tf.random.stateless_uniform}[kind]
+        out[name] = draw((batch_size,) + tuple(shape), seed=key)
+    return out
+
+
 def array_dataset(arrays: dict, batch_size: int, start_position: int, seed: int,
-                  strategy=None, prefetch: int = 4):
+                  strategy=None, prefetch: int = 4, noise: dict | None = None):
     """An endless, prefetched, resumable tf.data pipeline of batches gathered from numpy arrays.
 
     arrays: name -> numpy array with the same first dimension. With a strategy, the global batch
-    is distributed over the replicas.
+    is distributed over the replicas. noise: name -> (shape, "normal" | "uniform") random
+    tensors added to each global batch before it is split (`batch_noise`; batch number
+    start_position // batch_size onwards), so that a step's random draws do not depend on the
+    number of replicas.
     """
     names = sorted(arrays)
     n = len(arrays[names[0]])
@@ -103,6 +126,10 @@ def array_dataset(arrays: dict, batch_size: int, start_position: int, seed: int,
                                     tf.as_dtype(arrays[k].dtype)) for k in names)
     ds = tf.data.Dataset.from_generator(generator, output_signature=signature)
     ds = ds.map(lambda *t: dict(zip(names, t)))
+    if noise:
+        counter = tf.data.Dataset.counter(start_position // batch_size, dtype=tf.int64)
+        ds = tf.data.Dataset.zip((ds, counter)).map(
+            lambda batch, k: dict(batch, **batch_noise(noise, batch_size, seed, k)))
     options = tf.data.Options()
     # Every worker builds the same stream of global batches (the seeded index batches); DATA
     # sharding makes each worker keep only its replicas' slices of each global batch (a single

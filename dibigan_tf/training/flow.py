@@ -59,7 +59,8 @@ def train_flow(run_dir, strategy, images, labels, num_classes, *, num_steps=5,
     global_batch = batch_size
 
     def replica_step(batch):
-        x = dequantize(batch["images"])
+        # the dequantisation noise comes with the global batch (the same on any replica count)
+        x = dequantize(batch["images"], uniform=batch["noise_dequant"])
         with tf.GradientTape() as tape:
             nll = nll_loss(flow, prior, x, batch["labels"])
             loss = tf.nn.compute_average_loss(nll, global_batch_size=global_batch) / num_dims
@@ -76,7 +77,8 @@ def train_flow(run_dir, strategy, images, labels, num_classes, *, num_steps=5,
                          step_number)
 
     run_phase(stage, step, {"images": images, "labels": labels.astype(np.int64)}, batch_size,
-              epochs * len(images), seed, log_every=log_every, on_log=on_log, **loop_kwargs)
+              epochs * len(images), seed, log_every=log_every, on_log=on_log,
+              noise={"noise_dequant": (tuple(images.shape[1:]), "uniform")}, **loop_kwargs)
     stage.images("class_prior_samples", class_samples(flow, prior, num_classes))
     stage.mark_done()
     return flow, prior

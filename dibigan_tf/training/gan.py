@@ -20,7 +20,8 @@ from dibigan_tf.matchers.lenet import uint8_to_unit
 from dibigan_tf.models.discriminator import ProgressiveDiscriminator
 from dibigan_tf.models.generator import build_generator
 from dibigan_tf.schedule import ProgressiveSchedule, exponential_weights
-from dibigan_tf.training.common import (Stage, build_optimizer, image_grid, to_uint8)
+from dibigan_tf.training.common import (Stage, batch_noise, build_optimizer, image_grid,
+                                        to_uint8)
 from dibigan_tf.training.loops import distributed_step, run_phase
 
 
@@ -222,20 +223,22 @@ class GanTrainer:
             real_full = uint8_to_unit(data["images"])
             f, labels = self.condition(data["features"]), data["labels"]
             n = tf.shape(real_full)[0]
+            # v, the interpolation eps of Eq. 9 and the condition noise come with the batch
+            # (noise_spec): the same draws on one device or split over replicas
             if cfg.condition_noise > 0:
-                f += tf.random.normal(tf.shape(f), stddev=cfg.condition_noise)
+                f += cfg.condition_noise * data["noise_condition"]
             real = average_pool(real_full, res)
             if fade:
                 blurred = resize_nearest(average_pool(real, res // 2), res)
                 real = blurred + (real - blurred) * alpha
-            v = tf.random.normal([n, cfg.latent_dim])
+            v = data["noise_v"]
 
             # ---- critic (Eq. 9)
             with tf.GradientTape() as tape:
                 fake = G(v, f, stage=stage, alpha=alpha, training=True)
                 d_real = D(real, stage=stage, alpha=alpha, training=True)
                 d_fake = D(fake, stage=stage, alpha=alpha, training=True)
-                eps = tf.random.uniform([n])
+                eps = data["noise_eps"]
                 gp = losses.gradient_penalty(lambda x: D(x, stage=stage, alpha=alpha,
                                                          training=True), real, fake, eps)
                 d_ex = losses.critic_wgan(d_real, d_fake, cfg.drift) + cfg.gp_weight * gp
@@ -298,6 +301,20 @@ class GanTrainer:
 
         return distributed_step(self.strategy, replica_step, jit_compile=cfg.jit_compile,
                                 post_fn=ema_update)
+
+    def noise_spec(self) -> dict:
+        """The random inputs of a G+D step, drawn per global batch in the input pipeline
+        (common.array_dataset): G's latent v, the gradient penalty's interpolation weights, and
+        the condition noise when --condition_noise > 0."""
+        spec = {"noise_v": ((self.cfg.latent_dim,), "normal"), "noise_eps": ((), "uniform")}
+        if self.cfg.condition_noise > 0:
+            spec["noise_condition"] = ((self.features.shape[1],), "normal")
+        return spec
+
+    def with_noise(self, batch: dict, batch_number: int = 0, seed: int = 0) -> dict:
+        """A hand-made batch dict with its step noise added (tests, benchmarks)."""
+        n = int(batch["images"].shape[0])
+        return dict(batch, **batch_noise(self.noise_spec(), n, seed, batch_number))
 
     def uses_cached_targets(self, phase) -> bool:
         """In a stable phase the real image a G step compares with is fixed per training image
@@ -380,7 +397,7 @@ class GanTrainer:
             run_phase(stage, step, phase_arrays, phase.batch_size, phase.end_image,
                       seed=self.cfg.seed + phase.index, total_images=total,
                       step_args=self.step_args, log_every=self.cfg.log_every, on_log=on_log,
-                      label=phase.name, **loop_kwargs)
+                      label=phase.name, noise=self.noise_spec(), **loop_kwargs)
             stage.images(f"preview/{phase.resolution}px", self.preview(phase.stage),
                          int(stage.step.numpy()))
             stage.save()

@@ -40,7 +40,8 @@ def run_phase(stage: Stage, step_fn, arrays: dict, batch_size: int, end_images: 
               seed: int, total_images: Optional[int] = None, step_args: Optional[Callable] = None,
               log_every: int = 50, checkpoint_every_steps: int = 0,
               checkpoint_every_seconds: float = 120.0, on_log: Optional[Callable] = None,
-              label: str = "", stop_after_steps: int = 0, inject_nan: str = ""):
+              label: str = "", stop_after_steps: int = 0, inject_nan: str = "",
+              noise: Optional[dict] = None):
     """Runs `step_fn` on batches until the stage has seen `end_images` images.
 
     step_args(images_seen) -> tuple of tensors passed after the batch (e.g. fade-in alpha and
@@ -48,13 +49,13 @@ def run_phase(stage: Stage, step_fn, arrays: dict, batch_size: int, end_images: 
     written. Resumes from the stage's `images_seen`. `stop_after_steps` (> 0) stops the process
     cleanly after that many steps in this call, for tests of resumption. `inject_nan`
     ("<stage>:<step>", fault injection for tests of the NaN guard) replaces that step's first loss
-    with NaN.
+    with NaN. `noise`: random tensors drawn in the input pipeline (common.array_dataset).
     """
     nan_stage, _, nan_step = inject_nan.partition(":")
     start = int(stage.images_seen.numpy())
     if start >= end_images:
         return
-    dataset = array_dataset(arrays, batch_size, start, seed, stage.strategy)
+    dataset = array_dataset(arrays, batch_size, start, seed, stage.strategy, noise=noise)
     iterator = iter(dataset)
     progress = Progress(f"{stage.name}{(' ' + label) if label else ''}",
                         total_images or end_images, unit="image")

@@ -9,7 +9,7 @@ import tensorflow as tf
 from dibigan_tf import losses
 from dibigan_tf.matchers.lenet import uint8_to_unit
 from dibigan_tf.models.student import build_student
-from dibigan_tf.training.classifier import random_shift
+from dibigan_tf.training.classifier import SHIFT_NOISE, random_shift
 from dibigan_tf.training import precision
 from dibigan_tf.training.common import Stage, build_optimizer
 from dibigan_tf.training.loops import distributed_step, run_phase
@@ -73,7 +73,7 @@ def train_student(run_dir, strategy, images, features, *, depth="small", width=3
     global_batch = batch_size
 
     def replica_step(batch):
-        x = random_shift(uint8_to_unit(batch["images"]), max_shift)
+        x = random_shift(uint8_to_unit(batch["images"]), max_shift, batch["noise_shift"])
         with tf.GradientTape() as tape:
             embedding = model(x, training=True)[-1]
             per_example = losses.cosine_distill_loss(batch["features"] - target_mean, embedding)
@@ -86,7 +86,8 @@ def train_student(run_dir, strategy, images, features, *, depth="small", width=3
 
     step = distributed_step(strategy, replica_step, jit_compile=jit_compile)
     run_phase(stage, step, {"images": images, "features": features.astype(np.float32)},
-              batch_size, epochs * len(images), seed, log_every=log_every, **loop_kwargs)
+              batch_size, epochs * len(images), seed, log_every=log_every, noise=SHIFT_NOISE,
+              **loop_kwargs)
     stage.mark_done()
     return model, stage
 

@@ -318,7 +318,7 @@ def _mbstd_reference(x, group_size):
     m = n // g
     out = np.zeros(n)
     for j in range(m):
-        members = [i * m + j for i in range(g)]  # PGGAN grouping: sample n in group n % M
+        members = [j * g + i for i in range(g)]  # consecutive groups: sample n in group n // G
         std = np.sqrt(x[members].var(axis=0) + 1e-8).mean()
         out[members] = std
     return out, g

@@ -113,6 +113,7 @@ FOUR = textwrap.dedent("""
     from dibigan_tf.models.flow import dequantize, nll_loss
     from dibigan_tf.training.common import array_dataset
     from dibigan_tf.training.loops import distributed_step
+    from dibigan_tf.training.gan import GanConfig, GanTrainer
     out_dir = sys.argv[1]
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 16, 16, 1)).astype(np.uint8)
@@ -123,8 +124,12 @@ FOUR = textwrap.dedent("""
     for name in ("default", "mirrored"):
         strategy = make_strategy(name)
         keras.utils.set_random_seed(0)
+        # (random shifts on: the shift is drawn per global batch in the input pipeline; Adam's
+        # first step is lr * g / (|g| + eps), so a component with |g| ~ 1e-10 summed in another
+        # order moves by up to ~lr / 100: lr 1e-4 keeps that under the tolerance)
         student, s_stage = train_student(f"{out_dir}/{name}", strategy, images, feats, width=4,
-                                         epochs=1, batch_size=16, max_shift=0, seed=0)
+                                         epochs=1, batch_size=16, max_shift=2, seed=0,
+                                         learning_rate=1e-4)
         # H: the same step on the same dequantised batch (train_flow draws its dequantisation
         # noise from each replica's own random stream, so its noise differs between strategies)
         keras.utils.set_random_seed(0)
@@ -153,11 +158,46 @@ FOUR = textwrap.dedent("""
         weights[name] = [v.numpy() for v in student.weights] + [v.numpy() for v in variables]
         weights[name + "_steps"] = int(s_stage.step.numpy())
         weights[name + "_replicas"] = strategy.num_replicas_in_sync
+
+        # G+D: one fade-in step of the trainer's own step function (alpha blend, Eq. 9 with its
+        # gradient penalty and minibatch stddev, Eq. 8 with F^S and H on the fakes, the EMA
+        # update), its v / eps / condition noise drawn in the input pipeline. SGD for the same
+        # reason as above (and SGD's update shows a gradient mis-scaled by the replica count).
+        keras.utils.set_random_seed(0)
+        cfg = GanConfig(start_resolution=8, num_blocks=2, g_channels=(8, 8), d_channels=(8, 8),
+                        mapping_layers=2, mapping_dim=8, latent_dim=4, stable_images=(16, 16),
+                        fade_images=(0, 16), batch_sizes=(16, 16), biject_margin=1.0,
+                        condition_noise=0.1, cache_real_targets=False, ema_kimg=0.01)
+        trainer = GanTrainer(f"{out_dir}/{name}-gan", strategy, cfg, images, feats, labels,
+                             student=student, flow=flow)
+        with strategy.scope():
+            trainer.g_opt = keras.optimizers.SGD(0.05)
+            trainer.g_opt.build(trainer.generator.trainable_variables)
+            trainer.d_opt = keras.optimizers.SGD(0.05)
+            trainer.d_opt.build(trainer.discriminator.trainable_variables)
+        fade = [p for p in trainer.schedule.phases() if p.fade][0]
+        gan_step = trainer.make_step(fade)
+        gan_data = array_dataset({"images": images, "features": feats,
+                                  "labels": labels.astype(np.int64)}, 16, 0, 0, strategy,
+                                 noise=trainer.noise_spec())
+        # alpha 0.5: both the new block and the faded-out path get gradients
+        losses_out = gan_step(next(iter(gan_data)), tf.constant(0.5),
+                              trainer.step_args(fade.start_image)[1])
+        weights[name + "_gan"] = [v.numpy() for v in trainer.generator.weights
+                                  + trainer.discriminator.weights + trainer.ema.weights]
+        weights[name + "_gan_losses"] = {k: float(v) for k, v in losses_out.items()}
     diffs = [float(np.abs(a - b).max()) for a, b in zip(weights["default"], weights["mirrored"])]
+    worst = int(np.argmax(diffs))
+    print("WORST", worst, diffs[worst], float(np.abs(weights["default"][worst]).max()))
+    gan_diffs = [float(np.abs(a - b).max())
+                 for a, b in zip(weights["default_gan"], weights["mirrored_gan"])]
     n_student = len(student.weights)
     print("RESULTS " + json.dumps({"max_diff": max(diffs), "count": len(diffs),
                                    "student_diff": max(diffs[:n_student]),
                                    "flow_diff": max(diffs[n_student:]),
+                                   "gan_diff": max(gan_diffs), "gan_count": len(gan_diffs),
+                                   "gan_losses": [weights["default_gan_losses"],
+                                                  weights["mirrored_gan_losses"]],
                                    "steps": weights["mirrored_steps"],
                                    "replicas": weights["mirrored_replicas"]}))
 """)
@@ -172,3 +212,8 @@ def test_one_step_on_four_logical_devices_equals_the_default_strategy(tmp_path):
     r = json.loads(line[len("RESULTS "):])
     assert r["replicas"] == 4 and r["steps"] == 1 and r["count"] > 20
     assert r["max_diff"] < 1e-5, r   # every weight of F^S (incl. BN statistics), H and priors
+    # every weight of G, D and G's EMA after one fade-in G+D step
+    assert r["gan_count"] > 30 and r["gan_diff"] < 1e-5, r
+    default_losses, mirrored_losses = r["gan_losses"]
+    for key, value in default_losses.items():
+        assert abs(value - mirrored_losses[key]) < 1e-4 * max(1.0, abs(value)), (key, r)

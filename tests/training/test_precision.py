@@ -53,8 +53,9 @@ def test_gan_and_student_train_in_half_precision(tmp_path, policy, half):
     # a fade-in step (alpha blending, gradient penalty, F^S and H on the fake) then a stable one
     before = [w.numpy().copy() for w in G.trainable_weights]
     for phase in [p for p in trainer.schedule.phases() if p.stage == 1]:
-        batch = {"images": tf.constant(images[:16]), "features": tf.constant(feats[:16]),
-                 "labels": tf.constant(labels[:16].astype(np.int64))}
+        batch = trainer.with_noise({"images": tf.constant(images[:16]),
+                                    "features": tf.constant(feats[:16]),
+                                    "labels": tf.constant(labels[:16].astype(np.int64))})
         out = trainer.make_step(phase)(batch, *trainer.step_args(phase.start_image))
         for key, value in out.items():
             assert value.dtype == tf.float32 and np.isfinite(value.numpy()), (key, value)
