@@ -58,7 +58,7 @@ evaluate: venv
 	$(PY) experiments/evaluate.py $(EVAL_ARGS)
 
 test: venv
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS) tests
 
 test-all: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests

@@ -119,6 +119,8 @@ def bench_flow(steps, jit_compile=False):
                             "batch": batch, "seconds_per_step": dt,
                             "images_per_second": batch / dt, "params": flow.count_params()},
                            jit_compile))
+        if FLAGS.flops:
+            rows[-1]["flops_per_step"] = step_flops(step)
     return rows
 
 
@@ -153,6 +155,8 @@ def bench_student(steps, jit_compile=False, precision="float32"):
                             "resolution": f"{shape[0]}x{shape[1]}x{shape[2]}", "batch": batch,
                             "seconds_per_step": dt, "images_per_second": batch / dt,
                             "params": model.count_params()}, jit_compile, precision))
+        if FLAGS.flops:
+            rows[-1]["flops_per_step"] = step_flops(step)
     return rows
 
 
@@ -238,10 +242,12 @@ def bench_pipeline(steps):
         arrays = {"images": rng.integers(0, 256, (n,) + shape).astype(np.uint8),
                   "features": rng.standard_normal((n, fdim)).astype(np.float32),
                   "labels": rng.integers(0, 100, n).astype(np.int64)}
-        iterator = iter(array_dataset(arrays, batch, 0, 0))
+        # with the G+D step's noise (v, 128-D, and eps; GanTrainer.noise_spec)
+        noise = {"noise_v": ((128,), "normal"), "noise_eps": ((), "uniform")}
+        iterator = iter(array_dataset(arrays, batch, 0, 0, noise=noise))
         count = max(steps * 20, 200)
         dt = _time(lambda: next(iterator), count)
-        rows.append({"name": "input pipeline (array_dataset, prefetch 4)",
+        rows.append({"name": "input pipeline (array_dataset + G noise, prefetch 4)",
                      "resolution": f"{shape[0]}x{shape[1]}x{shape[2]}", "batch": batch,
                      "seconds_per_step": dt, "images_per_second": batch / dt})
     return rows
