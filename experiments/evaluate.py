@@ -46,6 +46,9 @@ flags.DEFINE_bool("bin_realign", False, ".bin pairs: align the crops again onto 
 flags.DEFINE_integer("max_pairs", 0, "Use only the first pairs (0: all).")
 flags.DEFINE_integer("seed", 0, "Seed of the generator's v.")
 flags.DEFINE_integer("ms_ssim_pairs", 500, "Different-people pairs for MS-SSIM.")
+flags.DEFINE_string("heldout_of", "", "A training run directory: keep only the pairs whose two "
+                    "people are among that run's held-out people (its split.json), i.e. people no "
+                    "network of the run trained on.")
 
 
 def _pair_images(align_key_out):
@@ -65,6 +68,16 @@ def _pair_images(align_key_out):
     if not FLAGS.data_dir:
         raise DataError("an LFW pairs file needs --data_dir (the image root)")
     pairs = read_lfw_pairs(FLAGS.pairs)
+    if FLAGS.heldout_of:
+        people = _heldout_people(FLAGS.heldout_of)
+        kept = [p for p in pairs if p[0] in people and p[2] in people]
+        logging.info("%d of %d pairs are of %s's held-out people", len(kept), len(pairs),
+                     FLAGS.heldout_of)
+        align_key_out["pairs_not_heldout"] = len(pairs) - len(kept)
+        pairs = kept
+        if not pairs:
+            raise DataError(f"no pair of {FLAGS.pairs} has both people among the held-out "
+                            f"people of {FLAGS.heldout_of}")
     if FLAGS.max_pairs:
         pairs = pairs[:FLAGS.max_pairs]
     base = FLAGS.data_dir
@@ -96,6 +109,22 @@ def _pair_images(align_key_out):
     align_key_out["pairs_dropped"] = dropped
     names = [faces.class_names[label] for label in faces.labels]
     return (faces.images, names, np.array(a), np.array(b), np.array(same, bool))
+
+
+def _heldout_people(run_dir):
+    """Identity names (image folder names) of a run's held-out split."""
+    from dibigan_tf.data.digits import DataError
+    path = os.path.join(run_dir, "split.json")
+    if not os.path.exists(path):
+        raise DataError(f"--heldout_of={run_dir}: no split.json there (a face run writes it)")
+    with open(path) as handle:
+        held = json.load(handle).get("heldout", [])
+    people = {str(p).replace("\\", "/").split("/")[-2] for p in held
+              if "/" in str(p).replace("\\", "/")}
+    if not people:
+        raise DataError(f"--heldout_of={run_dir}: its split.json names no image paths "
+                        f"(a digits run?)")
+    return people
 
 
 def _aligner():
@@ -131,6 +160,8 @@ def evaluate():
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     stats = {}
     images, names, idx_a, idx_b, same = _pair_images(stats)
+    if FLAGS.image_size and FLAGS.image_size != images.shape[1]:
+        images = resize_images(images, FLAGS.image_size)
     matcher = open_matcher(matcher_config(), images.shape[1:])
     store = FeatureStore(FLAGS.feature_store_dir or os.path.join(FLAGS.output_dir, "features"),
                          matcher, progress=progress_callback("features", "image"))
@@ -138,7 +169,8 @@ def evaluate():
     folds = min(10, len(same))
     real = ver.verification_metrics(feats[idx_a], feats[idx_b], same, num_folds=folds,
                                     fars=(1e-3, 1e-4))
-    metrics = {"pairs": FLAGS.pairs, "num_pairs_positive": int(same.sum()),
+    metrics = {"pairs": FLAGS.pairs, "image_size": int(images.shape[1]),
+               "num_pairs_positive": int(same.sum()),
                "num_pairs_negative": int((~same).sum()), "images": int(len(images)),
                "matcher": matcher.store_key,
                "real_verification_accuracy": real["accuracy"],

@@ -51,6 +51,25 @@ def test_lfw_folder_and_pairs_with_dlib(tmp_path):
     assert again.returncode == 0
     assert json.loads((out / "metrics.json").read_text())["blackbox_queries_this_run"] == 0
 
+    # only the pairs of a run's held-out people, real images at G's 64x64
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "split.json").write_text(json.dumps({
+        "train": ["Person_0/Person_0_0001.jpg", "Person_4/Person_4_0001.jpg"],
+        "heldout": [f"Person_{p}/Person_{p}_000{k}.jpg" for p in (1, 2, 3) for k in (1, 2)]}))
+    held_out = tmp_path / "eval-heldout"
+    held = _run(*(args[:3] + [f"--output_dir={held_out}", "--align_size=112",
+                              f"--align_cache_dir={out / 'aligned'}", f"--heldout_of={run_dir}",
+                              "--image_size=64"]))
+    assert held.returncode == 0, (held.stdout + held.stderr)[-3000:]
+    metrics = json.loads((held_out / "metrics.json").read_text())
+    # positives of Person_1..3 (6) and the negatives (1, 2), (2, 3); the other 5 pairs name
+    # Person_0, 4 or 5
+    assert metrics["num_pairs_positive"] == 6 and metrics["num_pairs_negative"] == 2
+    assert metrics["align_pairs_not_heldout"] == 5 and metrics["image_size"] == 64
+    nobody = _run(*(args[:3] + [f"--output_dir={held_out}", f"--heldout_of={tmp_path}"]))
+    assert nobody.returncode == 2 and "no split.json" in nobody.stderr
+
 
 def _bin(path, images, same, protocol=4):
     bins = []
