@@ -120,3 +120,32 @@ def test_bin_pairs_with_a_keras_matcher_and_a_malicious_bin(tmp_path):
                f"--pairs={tmp_path / 'evil.bin'}", f"--output_dir={tmp_path / 'e2'}")
     assert bad.returncode == 2 and "refuses to load" in bad.stderr
     assert not (tmp_path / "pwned").exists()
+
+
+def test_make_pairs_draws_folds_of_heldout_people(tmp_path):
+    from dibigan_tf.data.faces import read_lfw_pairs
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    held = [f"images/P{p}/P{p}_{k:04d}.jpg" for p in range(6) for k in range(1, 2 + p % 3)]
+    held.append("images/odd/photo.jpg")   # not LFW naming: skipped, counted
+    (run_dir / "split.json").write_text(json.dumps({"train": [], "heldout": held}))
+    out = tmp_path / "pairs.txt"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "make_pairs.py"),
+                           f"--heldout_of={run_dir}", f"--out={out}", "--positives=100",
+                           "--negatives=20", "--folds=4"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 file names" in proc.stdout
+    pairs = read_lfw_pairs(str(out))
+    pos = [p for p in pairs if p[4]]
+    neg = [p for p in pairs if not p[4]]
+    # people with 2 images give 1 pair, with 3 images 3: P1, P4 (2) and P2, P5 (3) -> 8
+    assert len(pos) == 8 and len(neg) == 20
+    names = {f"P{p}": set(range(1, 2 + p % 3)) for p in range(6)}
+    for n1, i1, n2, i2, same in pairs:
+        assert i1 in names[n1] and i2 in names[n2] and (n1 == n2) == same and (n1, i1) != (n2, i2)
+    assert len({tuple(sorted([(a, i), (b, j)])) for a, i, b, j, _ in neg}) == 20   # no repeats
+    # 4 folds, each its positives then its negatives
+    body = [line.split() for line in out.read_text().splitlines()[1:]]
+    kinds = "".join("p" if len(parts) == 3 else "n" for parts in body)
+    assert kinds == "pp" + "n" * 5 + "pp" + "n" * 5 + "pp" + "n" * 5 + "pp" + "n" * 5
