@@ -160,9 +160,12 @@ def evaluate():
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     stats = {}
     images, names, idx_a, idx_b, same = _pair_images(stats)
+    # F is opened for the aligned crops, as in training: smaller images (--image_size, G's
+    # reconstructions) are resized to its input by matcher_images, so the store is the training
+    # run's (same store key) and none of its answers is asked again
+    matcher = open_matcher(matcher_config(), images.shape[1:])
     if FLAGS.image_size and FLAGS.image_size != images.shape[1]:
         images = resize_images(images, FLAGS.image_size)
-    matcher = open_matcher(matcher_config(), images.shape[1:])
     store = FeatureStore(FLAGS.feature_store_dir or os.path.join(FLAGS.output_dir, "features"),
                          matcher, progress=progress_callback("features", "image"))
     feats = store.features(matcher_images(matcher, images))
