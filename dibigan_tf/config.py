@@ -94,13 +94,18 @@ class RunConfig:
     stop_after_steps: int = 0
     inject_nan: str = ""            # "<stage>:<step>": fault injection (tests of the NaN guard)
     # speed flags of every training (F^S, H, G/D): XLA, and the Keras precision policy of F^S and
-    # G/D (training/precision.py; H stays float32)
+    # G/D (training/precision.py; H stays float32). The run's values; `gan`'s copies are set from
+    # them (__post_init__), so the G/D trainer and config.json never disagree with F^S and H.
     jit_compile: bool = False
     mixed_precision: str = "float32"
     matcher: MatcherConfig = dataclasses.field(default_factory=MatcherConfig)
     student: StudentConfig = dataclasses.field(default_factory=StudentConfig)
     flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
     gan: GanConfig = dataclasses.field(default_factory=GanConfig)
+
+    def __post_init__(self):
+        self.gan = dataclasses.replace(self.gan, jit_compile=self.jit_compile,
+                                       mixed_precision=self.mixed_precision)
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -160,7 +160,7 @@ def replica_gather(tensors):
     return [ctx.all_gather(t, axis=0) for t in tensors], offset
 
 
-def biject_loss(fake_z, real_z, labels, margin, across_replicas=True):
+def biject_loss(fake_z, real_z, labels, margin):
     """L_biject of Eq. 8: Eq. 4 between H(x~) and H(x) plus Eq. 5 among the reconstructions.
 
     fake_z, real_z: [batch, h, w, c] latents of H (frozen); labels: [batch]. Returns [batch].
@@ -171,9 +171,7 @@ def biject_loss(fake_z, real_z, labels, margin, across_replicas=True):
     mu_f, sigma_f = latent_gaussian_stats(fake_z)
     mu_r, sigma_r = latent_gaussian_stats(tf.stop_gradient(real_z))
     pointwise = w2_gaussian_diag(mu_f, sigma_f, mu_r, sigma_r)
-    (all_mu, all_sigma, all_labels), offset = (
-        replica_gather([mu_f, sigma_f, labels]) if across_replicas
-        else ([mu_f, sigma_f, labels], 0))
+    (all_mu, all_sigma, all_labels), offset = replica_gather([mu_f, sigma_f, labels])
     pairwise = identity_aware_loss(pairwise_w2_diag(mu_f, sigma_f, all_mu, all_sigma), labels,
                                    margin, other_labels=all_labels, offset=offset)
     return pointwise + pairwise

@@ -16,6 +16,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dibigan_tf import keras_compat  # noqa: E402,F401
+from dibigan_tf.training.precision import POLICIES  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("only", ["flow", "student", "gan", "pipeline", "features"], "Which "
@@ -27,7 +28,7 @@ flags.DEFINE_list("query_runs", [], "Run directories whose report/metrics.json q
 flags.DEFINE_integer("steps", 10, "Timed steps per row (after one warm-up step).")
 flags.DEFINE_string("out", "checkpoints/bench.json", "JSON output path.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile every training step (H, F^S, G+D).")
-flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+flags.DEFINE_enum("mixed_precision", "float32", list(POLICIES),
                   "Precision policy of the F^S and G+D rows (H is always float32).")
 flags.DEFINE_list("gan_rows", ["digits", "faces", "pggan512"], "GAN rows: digits (32x32, the "
                   "default run's G/D), faces (64x64), pggan512 (512 maps at every scale up to "

@@ -113,18 +113,8 @@ def _pair_images(align_key_out):
 
 def _heldout_people(run_dir):
     """Identity names (image folder names) of a run's held-out split."""
-    from dibigan_tf.data.digits import DataError
-    path = os.path.join(run_dir, "split.json")
-    if not os.path.exists(path):
-        raise DataError(f"--heldout_of={run_dir}: no split.json there (a face run writes it)")
-    with open(path) as handle:
-        held = json.load(handle).get("heldout", [])
-    people = {str(p).replace("\\", "/").split("/")[-2] for p in held
-              if "/" in str(p).replace("\\", "/")}
-    if not people:
-        raise DataError(f"--heldout_of={run_dir}: its split.json names no image paths "
-                        f"(a digits run?)")
-    return people
+    from dibigan_tf.data.faces import heldout_image_paths
+    return {p.split("/")[-2] for p in heldout_image_paths(run_dir) if "/" in p}
 
 
 def _aligner():

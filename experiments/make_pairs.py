@@ -13,13 +13,14 @@ different people, both seeded. As in LFW's files, the pairs come in 10 folds, ea
 share of positives then of negatives (the verification protocol's folds follow the file order).
 Images are named `<name>/<name>_NNNN.jpg`, LFW's naming; other names are skipped and counted.
 """
-import json
 import os
 import re
 import sys
 
 import numpy as np
 from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("heldout_of", "", "A face run directory: the people of its held-out split "
@@ -97,20 +98,18 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.out or bool(FLAGS.heldout_of) == bool(FLAGS.data_dir):
         raise app.UsageError("give --out and one of --heldout_of or --data_dir")
-    if FLAGS.heldout_of:
-        split = os.path.join(FLAGS.heldout_of, "split.json")
-        if not os.path.exists(split):
-            print(f"error: no split.json in {FLAGS.heldout_of}", file=sys.stderr)
-            return 2
-        with open(split) as handle:
-            paths = json.load(handle).get("heldout", [])
-    else:
-        paths = [os.path.join(d, f) for d, _, files in os.walk(FLAGS.data_dir) for f in files]
-    people, skipped = people_images(paths)
+    from dibigan_tf.data.digits import DataError
+    from dibigan_tf.data.faces import heldout_image_paths
     try:
+        if FLAGS.heldout_of:
+            paths = heldout_image_paths(FLAGS.heldout_of)
+        else:
+            paths = [os.path.join(d, f) for d, _, files in os.walk(FLAGS.data_dir)
+                     for f in files]
+        people, skipped = people_images(paths)
         pos, neg = draw_pairs(people, FLAGS.positives, FLAGS.negatives,
                               FLAGS.max_positives_per_person, FLAGS.seed)
-    except ValueError as error:
+    except (DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     write_pairs(FLAGS.out, pos, neg, FLAGS.folds)

@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dibigan_tf import keras_compat  # noqa: E402,F401  (selects Keras 2 before TF loads)
 from experiments.matcher_flags import matcher_config  # noqa: E402  (defines the matcher flags)
+from dibigan_tf.training.precision import POLICIES  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -124,7 +125,7 @@ flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalars.")
 flags.DEFINE_integer("image_every", 500, "Steps between TensorBoard image grids.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the training steps (F^S, H, G/D); off by "
                   "default: slower on this machine's CPU (README, make bench).")
-flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+flags.DEFINE_enum("mixed_precision", "float32", list(POLICIES),
                   "Keras precision policy of F^S and G/D (H stays float32); mixed_float16 adds "
                   "dynamic loss scaling. float32 by default: the mixed policies are slower on "
                   "CPU (README, make bench).")
@@ -162,7 +163,7 @@ def build_config():
         use_recon=FLAGS.use_recon, ema_kimg=FLAGS.ema_kimg, feature_norm=FLAGS.feature_norm,
         condition_noise=FLAGS.condition_noise, seed=FLAGS.seed + 3,
         log_every=FLAGS.log_every, image_every=FLAGS.image_every,
-        jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision)
+    )
     dataset = FLAGS.dataset
     if FLAGS.data_dir and dataset == "digits":
         if not FLAGS["dataset"].present:

@@ -283,6 +283,20 @@ def read_lfw_people(path: str, root: str = ""):
     return paths, names
 
 
+def heldout_image_paths(run_dir: str) -> list:
+    """The held-out image paths a face run recorded (`<run>/split.json`, `<identity>/<image>`
+    relative to its data root); a DataError when there is none or it names no paths (digits)."""
+    import json
+    path = os.path.join(run_dir, "split.json")
+    if not os.path.exists(path):
+        raise DataError(f"{run_dir}: no split.json there (a face run writes it)")
+    with open(path) as handle:
+        held = [str(p).replace("\\", "/") for p in json.load(handle).get("heldout", [])]
+    if not any("/" in p for p in held):
+        raise DataError(f"{run_dir}: its split.json names no image paths (a digits run?)")
+    return held
+
+
 def lfw_file_name(name: str, number: int) -> str:
     """`<name>/<name>_NNNN.jpg`, LFW's file naming."""
     return os.path.join(name, f"{name}_{number:04d}.jpg")

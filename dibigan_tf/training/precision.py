@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 
-import tensorflow as tf
-
 from dibigan_tf.keras_compat import keras
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -71,7 +69,3 @@ def gradients(tape, optimizer, scaled_loss, variables):
     if is_loss_scaled(optimizer):
         grads = optimizer.get_unscaled_gradients(grads)
     return grads
-
-
-def to_float32(x):
-    return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), x)
