@@ -52,6 +52,11 @@ class FlowConfig:
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 1e-3
+    # "cosine": the step decays from learning_rate to 0 over the run (training/flow.py);
+    # "constant": it stays at learning_rate.
+    lr_decay: str = "cosine"
+    # whole-pixel random shift of each training batch, up to this many pixels (0: none)
+    max_shift: int = 0
     # A run directory whose finished flow stage is loaded instead of training H here (H trained
     # on its own by `train.py --stage=flow`); empty: H is trained in this run.
     from_run: str = ""
@@ -87,6 +92,9 @@ class RunConfig:
     # in augment_stages (any of "student", "flow", "gan"); 0: none.
     augment_copies: int = 0
     augment_stages: str = "student,gan"
+    # Figure 3 (stage figure3): pairs of G, with and without L_biject, on this many G seeds; the
+    # first pair is the run's own G and its twin, each further pair trains two more G.
+    figure3_seeds: int = 1
     eval_positive_pairs: int = 3000
     eval_negative_pairs: int = 3000
     checkpoint_every_seconds: float = 120.0

@@ -57,6 +57,9 @@ flags.DEFINE_integer("augment_copies", 0, "Fixed random affine copies of each tr
                      "pairs (0: none).")
 flags.DEFINE_list("augment_stages", ["student", "gan"], "Stages that train on the augmented "
                   "pairs: any of student, flow, gan.")
+flags.DEFINE_integer("figure3_seeds", 1, "Figure 3: pairs of G (with and without L_biject) "
+                     "compared, one per G seed (1-9); seed 0 is the run's own G. Each further "
+                     "seed trains two more G.", lower_bound=1, upper_bound=9)
 flags.DEFINE_integer("eval_positive_pairs", 3000, "Positive verification pairs.")
 flags.DEFINE_integer("eval_negative_pairs", 3000, "Negative verification pairs.")
 flags.DEFINE_float("checkpoint_every_seconds", 120.0, "Checkpoint period (seconds).")
@@ -86,6 +89,10 @@ flags.DEFINE_enum("flow_covariance", "diag", ["diag", "full"], "Class prior cova
 flags.DEFINE_integer("flow_epochs", 10, "H training epochs.")
 flags.DEFINE_integer("flow_batch_size", 64, "H batch size.")
 flags.DEFINE_float("flow_learning_rate", 1e-3, "H learning rate.")
+flags.DEFINE_enum("flow_lr_decay", "cosine", ["cosine", "constant"],
+                  "H learning rate over the run: cosine decay to 0 or constant.")
+flags.DEFINE_integer("flow_max_shift", 0, "Shift each H training batch by up to this many "
+                     "whole pixels (a regulariser; 0: none).", lower_bound=0)
 flags.DEFINE_string("flow_from_run", "", "Load the finished H of this run directory (trained by "
                     "--stage=flow) instead of training H in this run.")
 # G and D
@@ -184,7 +191,7 @@ def build_config():
         num_gpus=FLAGS.num_gpus, seed=FLAGS.seed, holdout_per_class=FLAGS.holdout_per_class,
         max_train_images=FLAGS.max_train_images,
         augment_copies=FLAGS.augment_copies, augment_stages=",".join(FLAGS.augment_stages),
-        eval_positive_pairs=FLAGS.eval_positive_pairs,
+        figure3_seeds=FLAGS.figure3_seeds, eval_positive_pairs=FLAGS.eval_positive_pairs,
         eval_negative_pairs=FLAGS.eval_negative_pairs,
         checkpoint_every_seconds=FLAGS.checkpoint_every_seconds,
         checkpoint_every_steps=FLAGS.checkpoint_every_steps,
@@ -200,6 +207,7 @@ def build_config():
                         covariance=FLAGS.flow_covariance, epochs=FLAGS.flow_epochs,
                         batch_size=FLAGS.flow_batch_size,
                         learning_rate=FLAGS.flow_learning_rate,
+                        lr_decay=FLAGS.flow_lr_decay, max_shift=FLAGS.flow_max_shift,
                         from_run=FLAGS.flow_from_run),
         gan=gan)
 

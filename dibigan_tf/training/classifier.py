@@ -20,16 +20,17 @@ MODEL_FILE = "lenet.keras"
 SHIFT_NOISE = {"noise_shift": ((2,), "uniform_per_batch")}
 
 
-def random_shift(images, max_shift, uniform):
-    """Random translation by up to `max_shift` pixels (background padding), one shift per batch
-    (a single crop: per-example shifts through map_fn cost more than the step they feed).
+def random_shift(images, max_shift, uniform, background=-1.0):
+    """Random translation by up to `max_shift` pixels (padding with `background`: -1 for images
+    in [-1, 1], 0 for pixel values), one shift per batch (a single crop: per-example shifts
+    through map_fn cost more than the step they feed).
 
     uniform: the batch's SHIFT_NOISE draws ([batch, 2] in [0, 1), every row the same, so every
     replica of a split global batch shifts alike)."""
     if max_shift <= 0:
         return images
     padded = tf.pad(images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]],
-                    constant_values=-1.0)
+                    constant_values=background)
     offsets = tf.cast(tf.floor(uniform[0] * (2 * max_shift + 1)), tf.int32)
     offsets = tf.minimum(offsets, 2 * max_shift)
     shape = tf.shape(images)

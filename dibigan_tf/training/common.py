@@ -194,6 +194,7 @@ class Stage:
             self.elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="elapsed")
         self.checkpoint = tf.train.Checkpoint(step=self.step, images_seen=self.images_seen,
                                               elapsed=self.elapsed, **objects)
+        self._objects = dict(objects)
         self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(self.dir, "ckpt"),
                                                   max_to_keep=keep)
         self._writer = None
@@ -222,6 +223,7 @@ class Stage:
         if path is None:
             return False
         self.checkpoint.restore(path).expect_partial()
+        self._check_networks_restored(path)
         self._clock = time.time()
         if self.is_done():
             logging.info("%s: loaded the finished stage (%s)", self.name, path)
@@ -229,6 +231,23 @@ class Stage:
             logging.info("%s: resuming at step %d (%d images seen) from %s", self.name,
                          int(self.step.numpy()), int(self.images_seen.numpy()), path)
         return True
+
+    def _check_networks_restored(self, path):
+        """Every weight of the stage's networks must come from the checkpoint: one built with
+        other shape flags would otherwise resume, or load as finished, with some weights fresh.
+        Optimizers are left out (a learning-rate schedule has no variable of its own; the slots
+        follow their variables). Values in the checkpoint that no object here asks for (an
+        optimizer's saved learning rate) are allowed."""
+        networks = {k: v for k, v in self._objects.items() if "optimizer" not in k}
+        try:
+            tf.train.Checkpoint(**networks).restore(path).expect_partial() \
+                .assert_existing_objects_matched()
+        except AssertionError as error:
+            first = str(error).splitlines()[0][:300]
+            raise TrainingError(f"{self.name}: the checkpoint {path} does not hold every weight "
+                                f"of this run's networks (were they built with other flags? "
+                                f"give them the run's flags, or another --run_name): "
+                                f"{first}") from None
 
     def tick(self):
         now = time.time()

@@ -533,7 +533,7 @@ def _check_same_precision(old: dict, cfg: RunConfig):
 
 # Settings that change how a run is driven, not what it trains.
 _DRIVING_KEYS = {"stop_after_steps", "inject_nan", "checkpoint_every_seconds",
-                 "checkpoint_every_steps",
+                 "checkpoint_every_steps", "figure3_seeds",
                  "log_every", "image_every", "checkpoint_dir", "cache_real_targets"}
 
 
@@ -576,43 +576,54 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     latents, in `report/figure3.png`; the ratio of mean intra-class to mean inter-class distance
     (L2-normalised F features; H latents) of each, added to `report/metrics.json`:
     `biject_intra_inter_ratio_without`, `biject_intra_inter_ratio_with` (F features) and the
-    same keys with `_h` (H latents). Lower is tighter identities. Trains whatever is missing."""
-    from dibigan_tf.evaluation.figures import intra_inter_ratio, pca_2d, scatter_panels
-    from dibigan_tf.training.gan import flow_input
-    from dibigan_tf.matchers.lenet import uint8_to_unit
+    same keys with `_h` (H latents). Lower is tighter identities. Trains whatever is missing.
+
+    `cfg.figure3_seeds` > 1 repeats the comparison on more G seeds (stages `gan_seed<i>` and
+    `gan_without_biject_seed<i>`: G's initial weights, data order and noise change; the split, F,
+    F^S and H stay the run's, so only L_biject and G's own randomness differ). Then each key
+    above is the mean over the seeds, `<key>_per_seed` lists the seeds' values (the run's own G
+    first), `biject_intra_inter_ratio_std_diff` is the standard deviation over seeds of
+    with - without, and `biject_intra_inter_ratio_seeds_tighter` counts the seeds where L_biject
+    gave the lower ratio. The figure shows the run's own G."""
+    from dibigan_tf.evaluation.figures import pca_2d, scatter_panels
     if not (cfg.gan.use_biject and cfg.gan.use_distill):
         raise TrainingError("Figure 3 compares the run's G (trained with L_biject and L_distill) "
                             "with one trained without L_biject: run it on a configuration (F) "
                             "run (--use_biject --use_distill)")
+    if not 1 <= cfg.figure3_seeds <= 9:
+        raise TrainingError(f"--figure3_seeds must be 1-9, not {cfg.figure3_seeds}")
     ctx = train_stages(cfg, loop_kwargs)
-    without_cfg = dataclasses.replace(cfg.gan, use_biject=False)
-    _seed(cfg, 40)   # the same initial G and D as the run's own G
     gan_set, gan_features = ctx.gan_pairs
-    without = GanTrainer(ctx.run_dir, ctx.strategy, without_cfg, gan_set.images,
-                         gan_features, gan_set.labels, student=ctx.student,
-                         name="gan_without_biject")
-    without.train(**ctx.loop_kwargs)
-
+    per_seed, points = [], {}
+    for index in range(cfg.figure3_seeds):
+        suffix = f"_seed{index}" if index else ""
+        gan_cfg = dataclasses.replace(cfg.gan, seed=cfg.gan.seed + 100 * index)
+        trainers = {}
+        for name, biject in (("without", False), ("with", True)):
+            if index == 0 and biject:
+                trainers[name] = ctx.trainer          # the run's own G
+                continue
+            _seed(cfg, 40 + 100 * index)   # the with and without G of a seed start alike
+            trainers[name] = GanTrainer(
+                ctx.run_dir, ctx.strategy, dataclasses.replace(gan_cfg, use_biject=biject),
+                gan_set.images, gan_features, gan_set.labels, student=ctx.student,
+                flow=ctx.flow if biject else None,
+                name=("gan" if biject else "gan_without_biject") + suffix)
+            trainers[name].train(**ctx.loop_kwargs)
+        seed_metrics, seed_points = _figure3_measures(cfg, ctx, trainers)
+        logging.info("figure 3, G seed %d of %d: %s", index + 1, cfg.figure3_seeds,
+                     ", ".join(f"{k} {v:.4f}" for k, v in seed_metrics.items()))
+        per_seed.append(seed_metrics)
+        if index == 0:
+            points = seed_points
+    metrics = _figure3_summary(per_seed)
+    metrics["biject_figure3_images"] = int(len(ctx.heldout.labels))
+    metrics.update(_figure3_real_reference(ctx))
     labels = ctx.heldout.labels
-    points, metrics = {}, {}
-    latent_fn = tf.function(lambda x: ctx.flow.forward(flow_input(x))[0])
-    for name, trainer in (("without", without), ("with", ctx.trainer)):
-        recons = trainer.reconstruct(ctx.held_features, seed=cfg.seed)
-        feats = ctx.store.features(matcher_images(ctx.matcher, recons))
-        feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-        latents = np.concatenate([latent_fn(uint8_to_unit(recons[i:i + 250])).numpy()
-                                  for i in range(0, len(recons), 250)])
-        latents = latents.reshape(len(latents), -1)
-        points[name] = (feats, latents)
-        metrics[f"biject_intra_inter_ratio_{name}"] = intra_inter_ratio(feats, labels)
-        metrics[f"biject_intra_inter_ratio_{name}_h"] = intra_inter_ratio(latents, labels)
-        metrics[f"biject_recon_class_agreement_{name}"] = nearest_centroid_agreement(
-            feats, labels, ctx.train_features, ctx.train.labels)
-    metrics["biject_figure3_images"] = int(len(labels))
     panels = []
     for space, i in (("F features", 0), ("H latents", 1)):
         for name in ("without", "with"):
-            ratio = metrics[f"biject_intra_inter_ratio_{name}" + ("_h" if i else "")]
+            ratio = per_seed[0][f"biject_intra_inter_ratio_{name}" + ("_h" if i else "")]
             panels.append((f"{space} of reconstructions, {name} L_biject\n"
                            f"(PCA; intra/inter distance {ratio:.3f})", pca_2d(points[name][i]),
                            labels))
@@ -627,8 +638,73 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
             report = json.load(handle)
         report.update(metrics)
         _save_json(metrics_path, report)
+    else:
+        # a run trained by this stage alone has no report yet: write it (its stages are done,
+        # so this only evaluates); it takes the Figure 3 keys from figure3.json
+        run_blackbox(cfg, loop_kwargs)
     logging.info("figure 3: %s", os.path.join(report_dir, "figure3.png"))
     return metrics
+
+
+def _figure3_measures(cfg: RunConfig, ctx, trainers: dict):
+    """({metric: value} of one G seed, {"without"|"with": (F features, H latents)}) of the
+    held-out reconstructions of each trainer."""
+    from dibigan_tf.evaluation.figures import intra_inter_ratio
+    labels = ctx.heldout.labels
+    metrics, points = {}, {}
+    for name in ("without", "with"):
+        recons = trainers[name].reconstruct(ctx.held_features, seed=cfg.seed)
+        feats = _unit_rows(ctx.store.features(matcher_images(ctx.matcher, recons)))
+        latents = _flow_latents(ctx.flow, recons)
+        points[name] = (feats, latents)
+        metrics[f"biject_intra_inter_ratio_{name}"] = intra_inter_ratio(feats, labels)
+        metrics[f"biject_intra_inter_ratio_{name}_h"] = intra_inter_ratio(latents, labels)
+        metrics[f"biject_recon_class_agreement_{name}"] = nearest_centroid_agreement(
+            feats, labels, ctx.train_features, ctx.train.labels)
+    return metrics, points
+
+
+def _figure3_real_reference(ctx) -> dict:
+    """The same ratios for the real held-out images (their F features, their H latents): how
+    tight the identities are before any reconstruction, the scale the G ratios compare with."""
+    from dibigan_tf.evaluation.figures import intra_inter_ratio
+    labels = ctx.heldout.labels
+    return {"biject_intra_inter_ratio_real": intra_inter_ratio(_unit_rows(ctx.held_features),
+                                                               labels),
+            "biject_intra_inter_ratio_real_h": intra_inter_ratio(
+                _flow_latents(ctx.flow, ctx.heldout.images), labels)}
+
+
+def _unit_rows(features):
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+def _flow_latents(flow, images, batch_size=250):
+    """H(x) of uint8 images, flattened: [N, D]."""
+    from dibigan_tf.matchers.lenet import uint8_to_unit
+    from dibigan_tf.training.gan import flow_input
+    latent_fn = tf.function(lambda x: flow.forward(flow_input(x))[0])
+    latents = np.concatenate([latent_fn(uint8_to_unit(images[i:i + batch_size])).numpy()
+                              for i in range(0, len(images), batch_size)])
+    return latents.reshape(len(latents), -1)
+
+
+def _figure3_summary(per_seed: list) -> dict:
+    """Figure 3's keys over G seeds: the mean of each, and with several seeds the per-seed
+    values, the spread of with - without and how many seeds L_biject tightened."""
+    if len(per_seed) == 1:
+        return dict(per_seed[0])
+    out = {"biject_figure3_seeds": len(per_seed)}
+    for key in per_seed[0]:
+        values = [float(m[key]) for m in per_seed]
+        out[key] = float(np.mean(values))
+        out[key + "_per_seed"] = values
+    for space in ("", "_h"):
+        diff = np.array([m[f"biject_intra_inter_ratio_with{space}"] -
+                         m[f"biject_intra_inter_ratio_without{space}"] for m in per_seed])
+        out[f"biject_intra_inter_ratio{space}_std_diff"] = float(np.std(diff, ddof=1))
+        out[f"biject_intra_inter_ratio{space}_seeds_tighter"] = int(np.sum(diff < 0))
+    return out
 
 
 def _flow_stage(cfg: RunConfig, run_dir, strategy, train, loop_kwargs):
@@ -644,6 +720,7 @@ def _flow_stage(cfg: RunConfig, run_dir, strategy, train, loop_kwargs):
                                  num_res_blocks=fl.num_res_blocks, mixing=fl.mixing,
                                  covariance=fl.covariance, epochs=fl.epochs,
                                  batch_size=fl.batch_size, learning_rate=fl.learning_rate,
+                                 lr_decay=fl.lr_decay, max_shift=fl.max_shift,
                                  seed=cfg.seed + 2, jit_compile=cfg.jit_compile,
                                  **loop_kwargs)
     except (ValueError, tf.errors.OpError) as error:
@@ -674,12 +751,34 @@ def _flow_metrics(cfg: RunConfig, flow, prior, train, heldout) -> dict:
     return out
 
 
+# H's shape flags: a loaded H must have been trained with the loading run's values
+_FLOW_SHAPE_FLAGS = {"num_steps": "flow_steps", "hidden_channels": "flow_hidden_channels",
+                     "num_res_blocks": "flow_res_blocks", "mixing": "flow_mixing",
+                     "covariance": "flow_covariance"}
+
+
 def _check_flow_from_run(cfg: RunConfig):
+    """A run loading another run's H (--flow_from_run) needs a finished flow stage there, built
+    with this run's --flow_* shape flags: an H with more sub-mappings than this run builds would
+    otherwise load its first ones only, silently."""
     fl = cfg.flow
-    if fl.from_run and not os.path.exists(os.path.join(fl.from_run, "flow", "done.json")):
+    if not fl.from_run:
+        return
+    if not os.path.exists(os.path.join(fl.from_run, "flow", "done.json")):
         raise TrainingError(f"--flow_from_run={fl.from_run}: no finished flow stage there "
                             f"(train it first: experiments/train.py --stage=flow "
                             f"--run_name=... )")
+    config_path = os.path.join(fl.from_run, "config.json")
+    if not os.path.exists(config_path):
+        return
+    with open(config_path) as handle:
+        trained = json.load(handle).get("flow", {})
+    differ = [f"--{flag}={trained[key]} there, {getattr(fl, key)} here"
+              for key, flag in _FLOW_SHAPE_FLAGS.items()
+              if key in trained and trained[key] != getattr(fl, key)]
+    if differ:
+        raise TrainingError(f"--flow_from_run={fl.from_run}: its H was built with other flags "
+                            f"({'; '.join(differ)}); give this run the same ones")
 
 
 def run_flow(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:

@@ -44,14 +44,27 @@ def test_flow_stage_alone_then_loaded_by_a_run(tmp_path):
     assert abs(report["flow_bits_per_dim"] - metrics["flow_bits_per_dim"]) < 1e-4
 
     # Figure 3 on the finished run: a second G without L_biject, both projected and compared
-    fig = _run(tmp_path, "--run_name=r", f"--flow_from_run={h_dir}", "--stage=figure3")
+    # on two G seeds: the run's own G and its twin, then a second pair with another G seed.
+    # Without a report yet (a run trained by --stage=figure3 alone), the stage writes it.
+    (tmp_path / "r" / "report" / "metrics.json").unlink()
+    fig = _run(tmp_path, "--run_name=r", f"--flow_from_run={h_dir}", "--stage=figure3",
+               "--figure3_seeds=2")
     assert fig.returncode == 0, (fig.stdout + fig.stderr)[-3000:]
-    assert (tmp_path / "r" / "gan_without_biject" / "done.json").exists()
+    for stage in ("gan_without_biject", "gan_seed1", "gan_without_biject_seed1"):
+        assert (tmp_path / "r" / stage / "done.json").exists(), stage
     assert (tmp_path / "r" / "report" / "figure3.png").stat().st_size > 1000
     report = json.loads((tmp_path / "r" / "report" / "metrics.json").read_text())
+    assert report["run"] == "r" and "recon_verification_accuracy" in report
+    assert report["biject_figure3_seeds"] == 2
     for key in ("biject_intra_inter_ratio_without", "biject_intra_inter_ratio_with",
                 "biject_intra_inter_ratio_without_h", "biject_intra_inter_ratio_with_h"):
-        assert 0.0 < report[key] < 2.0, (key, report)
+        seeds = report[key + "_per_seed"]
+        assert len(seeds) == 2 and all(0.0 < v < 2.0 for v in seeds), (key, report)
+        assert seeds[0] != seeds[1], (key, seeds)          # another G seed, another G
+        assert abs(report[key] - sum(seeds) / 2) < 1e-9
+    assert 0 <= report["biject_intra_inter_ratio_seeds_tighter"] <= 2
+    assert 0.0 < report["biject_intra_inter_ratio_real"] < 2.0
+    assert 0.0 < report["biject_intra_inter_ratio_real_h"] < 2.0
     # a report written again for the same G keeps the Figure 3 keys; for a retrained G it drops them
     from dibigan_tf.training.pipeline import _extra_report_keys
     kept = _extra_report_keys(str(tmp_path / "r" / "report"), str(tmp_path / "r"))

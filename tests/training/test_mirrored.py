@@ -1,6 +1,7 @@
 """MirroredStrategy on one CPU split into logical devices (which must be configured before
-TensorFlow initialises, hence a subprocess): every trainable's step runs distributed, each phase's
-step is traced once, and a distributed student step equals the single-device one."""
+TensorFlow initialises, hence a subprocess): every trainable's whole training runs distributed
+(two devices, each G/D phase traced once), and one step of each on four devices equals the
+default strategy's."""
 import os
 import subprocess
 import sys
@@ -24,7 +25,8 @@ SCRIPT = textwrap.dedent("""
     feats = rng.standard_normal((64, 12)).astype(np.float32)
     labels = np.repeat(np.arange(4), 16)
     results = {}
-    for name in ("default", "mirrored"):
+    # (equality with the default strategy: the four-device test below, step by step)
+    for name in ("mirrored",):
         strategy = make_strategy(name)
         results[name + "_replicas"] = strategy.num_replicas_in_sync
         keras.utils.set_random_seed(0)
@@ -56,14 +58,11 @@ def test_every_trainable_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")][-1]
     import json
     r = json.loads(line[len("RESULTS "):])
-    assert r["default_replicas"] == 1 and r["mirrored_replicas"] == 2
+    assert r["mirrored_replicas"] == 2
     # 2 + 2 + 2 steps of 16 over the three phases; one trace per phase
-    assert r["default_gan_steps"] == r["mirrored_gan_steps"] == 6
-    assert r["default_traces"] == r["mirrored_traces"] == [1, 1, 1]
+    assert r["mirrored_gan_steps"] == 6
+    assert r["mirrored_traces"] == [1, 1, 1]
     assert r["mirrored_finite"]
-    # same data order and seed: one epoch of the student gives the same weights either way
-    import numpy as np
-    np.testing.assert_allclose(r["mirrored_student"], r["default_student"], rtol=2e-4, atol=2e-4)
 
 
 MULTI_WORKER = textwrap.dedent("""
