@@ -224,6 +224,7 @@ class Stage:
             return False
         self.checkpoint.restore(path).expect_partial()
         self._check_networks_restored(path)
+        self._keep_configured_learning_rates()
         self._clock = time.time()
         if self.is_done():
             logging.info("%s: loaded the finished stage (%s)", self.name, path)
@@ -248,6 +249,20 @@ class Stage:
                                 f"of this run's networks (were they built with other flags? "
                                 f"give them the run's flags, or another --run_name): "
                                 f"{first}") from None
+
+    def _keep_configured_learning_rates(self):
+        """A checkpoint holds its optimizers' learning rates; a run resumed with another
+        --learning_rate would train on at the saved one, silently. The flag wins, and the log
+        says so."""
+        for key, obj in self._objects.items():
+            wanted = getattr(obj, "_configured_learning_rate", None)
+            if wanted is None:
+                continue
+            saved = float(obj.learning_rate)
+            if abs(saved - wanted) > 1e-6 * max(abs(wanted), 1e-12):
+                logging.warning("%s: %s learning rate %g from the flags (the checkpoint had %g)",
+                                self.name, key, wanted, saved)
+                obj.learning_rate = wanted
 
     def tick(self):
         now = time.time()
@@ -316,4 +331,7 @@ def build_optimizer(strategy, variables, learning_rate, beta_1=0.9, beta_2=0.999
         opt = keras.optimizers.Adam(learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
         opt = precision.wrap_optimizer(opt, mixed_precision)
         opt.build(variables)
+    if not callable(learning_rate):
+        # a checkpoint restores the step it was saved with; Stage.restore sets this one back
+        opt._configured_learning_rate = float(learning_rate)
     return opt

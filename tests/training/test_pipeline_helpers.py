@@ -121,6 +121,11 @@ def test_a_checkpoint_missing_network_weights_is_refused_not_half_loaded(tmp_pat
     again = Stage(str(tmp_path), "s", strategy, {"model": same, "optimizer": build_optimizer(
         strategy, same.trainable_variables, keras.optimizers.schedules.CosineDecay(1e-3, 10))})
     assert again.restore() and int(again.step.numpy()) == 7
+    # a float learning rate other than the saved one: the flag's value wins over the checkpoint's
+    other = model(1)
+    faster = build_optimizer(strategy, other.trainable_variables, 5e-2)
+    assert Stage(str(tmp_path), "s", strategy, {"model": other, "optimizer": faster}).restore()
+    assert abs(float(faster.learning_rate) - 5e-2) < 1e-9
     for a, b in zip(same.weights, one.weights):
         assert (a.numpy() == b.numpy()).all()
     # a deeper network than the one saved: its second layer is not in the checkpoint
