@@ -154,7 +154,12 @@ def matcher_images(matcher, images: np.ndarray) -> np.ndarray:
 
 def run_blackbox(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     """Runs (or resumes) every stage; returns the metrics written to the report."""
-    ctx = train_stages(cfg, loop_kwargs)
+    return _write_run_report(cfg, train_stages(cfg, loop_kwargs))
+
+
+def _write_run_report(cfg: RunConfig, ctx) -> dict:
+    """Evaluates the run's trained stages (a RunContext) on the held-out split and writes the
+    report; returns its metrics."""
     train, heldout, store, trainer = ctx.train, ctx.heldout, ctx.store, ctx.trainer
     seconds = ctx.seconds
     held_features, train_features = ctx.held_features, ctx.train_features
@@ -595,6 +600,7 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     ctx = train_stages(cfg, loop_kwargs)
     gan_set, gan_features = ctx.gan_pairs
     per_seed, points = [], {}
+    latents_of = _flow_latents(ctx.flow)      # one traced H for every G and the real images
     for index in range(cfg.figure3_seeds):
         suffix = f"_seed{index}" if index else ""
         gan_cfg = dataclasses.replace(cfg.gan, seed=cfg.gan.seed + 100 * index)
@@ -610,7 +616,7 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
                 flow=ctx.flow if biject else None,
                 name=("gan" if biject else "gan_without_biject") + suffix)
             trainers[name].train(**ctx.loop_kwargs)
-        seed_metrics, seed_points = _figure3_measures(cfg, ctx, trainers)
+        seed_metrics, seed_points = _figure3_measures(cfg, ctx, trainers, latents_of)
         logging.info("figure 3, G seed %d of %d: %s", index + 1, cfg.figure3_seeds,
                      ", ".join(f"{k} {v:.4f}" for k, v in seed_metrics.items()))
         per_seed.append(seed_metrics)
@@ -618,7 +624,7 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
             points = seed_points
     metrics = _figure3_summary(per_seed)
     metrics["biject_figure3_images"] = int(len(ctx.heldout.labels))
-    metrics.update(_figure3_real_reference(ctx))
+    metrics.update(_figure3_real_reference(ctx, latents_of))
     labels = ctx.heldout.labels
     panels = []
     for space, i in (("F features", 0), ("H latents", 1)):
@@ -639,14 +645,14 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
         report.update(metrics)
         _save_json(metrics_path, report)
     else:
-        # a run trained by this stage alone has no report yet: write it (its stages are done,
-        # so this only evaluates); it takes the Figure 3 keys from figure3.json
-        run_blackbox(cfg, loop_kwargs)
+        # a run trained by this stage alone has no report yet: write it from the stages loaded
+        # here; it takes the Figure 3 keys from figure3.json
+        _write_run_report(cfg, ctx)
     logging.info("figure 3: %s", os.path.join(report_dir, "figure3.png"))
     return metrics
 
 
-def _figure3_measures(cfg: RunConfig, ctx, trainers: dict):
+def _figure3_measures(cfg: RunConfig, ctx, trainers: dict, latents_of):
     """({metric: value} of one G seed, {"without"|"with": (F features, H latents)}) of the
     held-out reconstructions of each trainer."""
     from dibigan_tf.evaluation.figures import intra_inter_ratio
@@ -655,7 +661,7 @@ def _figure3_measures(cfg: RunConfig, ctx, trainers: dict):
     for name in ("without", "with"):
         recons = trainers[name].reconstruct(ctx.held_features, seed=cfg.seed)
         feats = _unit_rows(ctx.store.features(matcher_images(ctx.matcher, recons)))
-        latents = _flow_latents(ctx.flow, recons)
+        latents = latents_of(recons)
         points[name] = (feats, latents)
         metrics[f"biject_intra_inter_ratio_{name}"] = intra_inter_ratio(feats, labels)
         metrics[f"biject_intra_inter_ratio_{name}_h"] = intra_inter_ratio(latents, labels)
@@ -664,7 +670,7 @@ def _figure3_measures(cfg: RunConfig, ctx, trainers: dict):
     return metrics, points
 
 
-def _figure3_real_reference(ctx) -> dict:
+def _figure3_real_reference(ctx, latents_of) -> dict:
     """The same ratios for the real held-out images (their F features, their H latents): how
     tight the identities are before any reconstruction, the scale the G ratios compare with."""
     from dibigan_tf.evaluation.figures import intra_inter_ratio
@@ -672,21 +678,25 @@ def _figure3_real_reference(ctx) -> dict:
     return {"biject_intra_inter_ratio_real": intra_inter_ratio(_unit_rows(ctx.held_features),
                                                                labels),
             "biject_intra_inter_ratio_real_h": intra_inter_ratio(
-                _flow_latents(ctx.flow, ctx.heldout.images), labels)}
+                latents_of(ctx.heldout.images), labels)}
 
 
 def _unit_rows(features):
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
-def _flow_latents(flow, images, batch_size=250):
-    """H(x) of uint8 images, flattened: [N, D]."""
+def _flow_latents(flow, batch_size=250):
+    """A function: uint8 images -> H(x) flattened, [N, D]; its tf.function is traced once per
+    batch shape, however many image sets it is given."""
     from dibigan_tf.matchers.lenet import uint8_to_unit
     from dibigan_tf.training.gan import flow_input
     latent_fn = tf.function(lambda x: flow.forward(flow_input(x))[0])
-    latents = np.concatenate([latent_fn(uint8_to_unit(images[i:i + batch_size])).numpy()
-                              for i in range(0, len(images), batch_size)])
-    return latents.reshape(len(latents), -1)
+
+    def latents_of(images):
+        latents = np.concatenate([latent_fn(uint8_to_unit(images[i:i + batch_size])).numpy()
+                                  for i in range(0, len(images), batch_size)])
+        return latents.reshape(len(latents), -1)
+    return latents_of
 
 
 def _figure3_summary(per_seed: list) -> dict:
