@@ -8,6 +8,8 @@ FLAGFILE ?= $(if $(DATA_DIR),experiments/flagfiles/faces_blackbox.flags,experime
 TRAIN_ARGS := $(if $(DATA_DIR),--data_dir=$(DATA_DIR)) $(if $(MATCHER),--matcher=$(MATCHER)) \
               $(if $(RUN),--run_name=$(RUN)) $(ARGS)
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): most tests leave a core idle (subprocess start-up, imports).
+TEST_WORKERS ?= 2
 
 .PHONY: help venv evaluate train-blackbox train-student train-flow figure3 ablation-digits test test-all bench tensorboard clean-venv
 
@@ -58,10 +60,10 @@ evaluate: venv
 	$(PY) experiments/evaluate.py $(EVAL_ARGS)
 
 test: venv
-	$(PY) -m pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" --durations=15 $(PYTEST_ARGS) tests
 
 test-all: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS) tests
 
 bench: venv
 	$(PY) experiments/bench.py --out=checkpoints/bench.json $(ARGS)
