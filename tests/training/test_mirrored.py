@@ -24,29 +24,25 @@ SCRIPT = textwrap.dedent("""
     images = rng.integers(0, 256, (64, 16, 16, 1)).astype(np.uint8)
     feats = rng.standard_normal((64, 12)).astype(np.float32)
     labels = np.repeat(np.arange(4), 16)
-    results = {}
     # (equality with the default strategy: the four-device test below, step by step)
-    for name in ("mirrored",):
-        strategy = make_strategy(name)
-        results[name + "_replicas"] = strategy.num_replicas_in_sync
-        keras.utils.set_random_seed(0)
-        student, _ = train_student(f"{out_dir}/{name}", strategy, images, feats, width=4,
-                                   epochs=1, batch_size=16, max_shift=0, seed=0, log_every=1)
-        results[name + "_student"] = [float(v.numpy().sum()) for v in student.trainable_variables]
-        keras.utils.set_random_seed(0)
-        flow, prior = train_flow(f"{out_dir}/{name}", strategy, images, labels, 4, num_steps=2,
-                                 hidden_channels=4, num_res_blocks=1, epochs=1, batch_size=16,
-                                 log_every=1)
-        cfg = GanConfig(start_resolution=8, num_blocks=2, g_channels=(4, 4), d_channels=(4, 4),
-                        mapping_layers=2, mapping_dim=8, latent_dim=4, stable_images=(32, 32),
-                        fade_images=(0, 32), batch_sizes=(16, 16), log_every=1, image_every=2)
-        trainer = GanTrainer(f"{out_dir}/{name}", strategy, cfg, images, feats, labels,
-                             student=student, flow=flow)
-        trainer.train()
-        results[name + "_gan_steps"] = int(trainer.stage.step.numpy())
-        results[name + "_traces"] = [s.trace_counter["traces"] for s in trainer.steps.values()]
-        results[name + "_finite"] = bool(all(np.isfinite(v.numpy()).all()
-                                             for v in trainer.generator.weights))
+    strategy = make_strategy("mirrored")
+    keras.utils.set_random_seed(0)
+    student, _ = train_student(out_dir, strategy, images, feats, width=4, epochs=1,
+                               batch_size=16, max_shift=0, seed=0, log_every=1)
+    flow, prior = train_flow(out_dir, strategy, images, labels, 4, num_steps=2,
+                             hidden_channels=4, num_res_blocks=1, epochs=1, batch_size=16,
+                             log_every=1)
+    cfg = GanConfig(start_resolution=8, num_blocks=2, g_channels=(4, 4), d_channels=(4, 4),
+                    mapping_layers=2, mapping_dim=8, latent_dim=4, stable_images=(32, 32),
+                    fade_images=(0, 32), batch_sizes=(16, 16), log_every=1, image_every=2)
+    trainer = GanTrainer(out_dir, strategy, cfg, images, feats, labels,
+                         student=student, flow=flow)
+    trainer.train()
+    results = {"replicas": strategy.num_replicas_in_sync,
+               "gan_steps": int(trainer.stage.step.numpy()),
+               "traces": [s.trace_counter["traces"] for s in trainer.steps.values()],
+               "finite": bool(all(np.isfinite(v.numpy()).all()
+                                  for v in trainer.generator.weights))}
     print("RESULTS " + json.dumps(results))
 """)
 
@@ -58,11 +54,11 @@ def test_every_trainable_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")][-1]
     import json
     r = json.loads(line[len("RESULTS "):])
-    assert r["mirrored_replicas"] == 2
+    assert r["replicas"] == 2
     # 2 + 2 + 2 steps of 16 over the three phases; one trace per phase
-    assert r["mirrored_gan_steps"] == 6
-    assert r["mirrored_traces"] == [1, 1, 1]
-    assert r["mirrored_finite"]
+    assert r["gan_steps"] == 6
+    assert r["traces"] == [1, 1, 1]
+    assert r["finite"]
 
 
 MULTI_WORKER = textwrap.dedent("""

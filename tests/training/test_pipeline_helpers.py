@@ -51,6 +51,7 @@ def test_attack_images_are_the_split_then_its_copies():
 
 
 def test_figure3_summary_over_seeds():
+    import numpy as np
     from dibigan_tf.training.pipeline import _figure3_summary
 
     def seed(without, with_, without_h, with_h):
@@ -71,7 +72,7 @@ def test_figure3_summary_over_seeds():
     assert out["biject_intra_inter_ratio_h_seeds_tighter"] == 2
     assert out["biject_intra_inter_ratio_std_diff"] == pytest.approx(0.2)
     assert out["biject_intra_inter_ratio_h_std_diff"] == pytest.approx(
-        float(__import__("numpy").std([0.1, -0.1, -0.2], ddof=1)))
+        float(np.std([0.1, -0.1, -0.2], ddof=1)))
 
 
 def test_flow_learning_rate_cosine_decays_to_zero_and_resumes_on_the_same_curve():
@@ -86,7 +87,7 @@ def test_flow_learning_rate_cosine_decays_to_zero_and_resumes_on_the_same_curve(
     assert float(schedule(0)) == pytest.approx(1e-3)
     assert float(schedule(50)) == pytest.approx(5e-4, rel=1e-4)
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
-    # Adam's step follows the optimizer's step count: SGD-like check of one update's size at
+    # Adam's step follows the optimizer's step count: the size of one update at
     # step 99 of 100 (tiny step) after a restore of the counter, as a resumed run would have it
     v = tf.Variable(np.zeros(3, np.float32))
     opt = build_optimizer(tf.distribute.get_strategy(), [v], schedule)
