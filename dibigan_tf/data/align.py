@@ -22,6 +22,10 @@ from dibigan_tf.matchers.dlib_matcher import CHIP_PADDING, dlib_models
 
 MULTIPLE_RULES = ("largest", "central")
 NONE_RULES = ("skip", "center_crop")
+#: the most pixels dlib's detector is given, upsampling included (each upsampling level
+#: quadruples them): a larger photo is detected on a copy scaled down to this size (the landmarks
+#: and the chip still use the full photo), and upsampling stops at the level that would pass it.
+MAX_DETECT_PIXELS = 8_000_000
 
 
 @dataclasses.dataclass
@@ -55,11 +59,28 @@ class DlibAligner:
 
     def detect(self, image: np.ndarray):
         """[(dlib rectangle, detection score)] of the faces in a uint8 RGB image (upsampling
-        only when none is found at the image's own size)."""
+        only when none is found at the image's own size). The detector never sees more than
+        MAX_DETECT_PIXELS: a larger photo is detected on a scaled-down copy (the boxes are
+        scaled back), and no upsampling level that would pass the limit runs."""
+        height, width = image.shape[:2]
+        scale = 1.0
+        if height * width > MAX_DETECT_PIXELS:
+            scale = (MAX_DETECT_PIXELS / (height * width)) ** 0.5
+            size = (max(1, int(width * scale)), max(1, int(height * scale)))
+            image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        pixels = image.shape[0] * image.shape[1]
+        rects, scores = [], []
         for level in range(0, self.upsample + 1):
+            if level and pixels * 4 ** level > MAX_DETECT_PIXELS:
+                break
             rects, scores, _ = self._detector.run(image, level, 0.0)
             if len(rects):
                 break
+        if scale != 1.0:
+            rects = [self._dlib.rectangle(int(round(r.left() / scale)),
+                                          int(round(r.top() / scale)),
+                                          int(round(r.right() / scale)),
+                                          int(round(r.bottom() / scale))) for r in rects]
         return list(zip(rects, scores))
 
     def _choose(self, faces, image):

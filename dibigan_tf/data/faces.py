@@ -28,9 +28,58 @@ from PIL import Image
 from dibigan_tf.data.digits import DataError, ImageSet
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
-#: images larger than this (pixels) are refused by PIL's decompression-bomb guard; we downscale
-#: them while decoding instead of failing.
+#: the most pixels an image may have once decoded (about 120 MB as RGB): a larger image is refused
+#: with a one-line error naming the file, before any pixel is decoded.
 MAX_PIXELS = 40_000_000
+#: a JPEG may declare up to this many pixels: its decoder scales it down by up to 8 in each
+#: direction while decoding (`draft`), so only the reduced image is ever held in memory.
+MAX_JPEG_PIXELS = 64 * MAX_PIXELS
+
+
+def open_image(source, name: str, unreadable: str = "unreadable image") -> Image.Image:
+    """A decoded PIL image of a file path or file-like object, refused with a DataError naming
+    `name` when it is unreadable or declares more pixels than MAX_PIXELS (a JPEG: more than
+    MAX_JPEG_PIXELS, or more than MAX_PIXELS even at its decoder's 1/8 scale). Only the header is
+    read before the check, so a small file declaring a huge image (a decompression bomb) costs
+    nothing. A JPEG over MAX_PIXELS is decoded at a reduced scale instead."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(source)
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+            width, height = image.size
+            pixels = width * height
+            if pixels > MAX_PIXELS:
+                if image.format != "JPEG" or pixels > MAX_JPEG_PIXELS:
+                    raise _TooLarge(f"{width}x{height} pixels, over the limit of {MAX_PIXELS:,}"
+                                    + (" even decoded at 1/8 scale" if image.format == "JPEG"
+                                       else ""))
+                # the decoder scales by 1/2, 1/4 or 1/8: the least that brings it under the limit
+                factor = next((f for f in (2, 4, 8) if pixels / f ** 2 <= MAX_PIXELS), 8)
+                image.draft("RGB", (max(1, width // factor), max(1, height // factor)))
+                if image.size[0] * image.size[1] > 2 * MAX_PIXELS:   # rounding up aside
+                    raise _TooLarge(f"{width}x{height} pixels, over the limit of {MAX_PIXELS:,} "
+                                    f"even decoded at 1/8 scale")
+            image.load()
+            if image.size[0] * image.size[1] > MAX_PIXELS:
+                image.thumbnail((int(image.size[0] * 0.99), int(image.size[1] * 0.99)))
+    except _TooLarge as error:
+        raise DataError(f"{name}: image too large ({error}); skipped") from None
+    except Exception as error:  # PIL raises many types for broken files
+        raise DataError(f"{name}: {unreadable} ({type(error).__name__}: "
+                        f"{_one_line(error)})") from None
+    return image
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _one_line(error) -> str:
+    return " ".join(str(error).split())[:300]
 
 
 @dataclasses.dataclass
@@ -75,24 +124,9 @@ def scan_identity_folders(root: str):
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """A file as uint8 RGB [h, w, 3]; DataError (with the reason) when it cannot be read."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                image = Image.open(path)
-                if image.width * image.height > MAX_PIXELS:
-                    scale = (MAX_PIXELS / (image.width * image.height)) ** 0.5
-                    image.draft("RGB", (int(image.width * scale), int(image.height * scale)))
-                    if image.width * image.height > MAX_PIXELS:
-                        image.thumbnail((int(image.width * scale), int(image.height * scale)))
-                image.load()
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous
-    except Exception as error:  # PIL raises many types for broken files
-        raise DataError(f"{path}: unreadable image ({type(error).__name__}: {error})") from None
-    return to_rgb(image)
+    """A file as uint8 RGB [h, w, 3]; DataError (naming the file and the reason) when it cannot
+    be read or is over the pixel limit (`open_image`)."""
+    return to_rgb(open_image(path, path))
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
@@ -303,12 +337,14 @@ def lfw_file_name(name: str, number: int) -> str:
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [n, h, w, c] -> [n, size, size, c] (area-averaging when shrinking)."""
+    """uint8 [n, h, w, c] -> [n, size, size, c] (area-averaging when shrinking); c = 1 (grey,
+    resized as a 2-D image: Pillow has no one-channel 3-D mode) or 3."""
     if images.shape[1] == size and images.shape[2] == size:
         return images
     out = np.empty((len(images), size, size, images.shape[3]), np.uint8)
     for i, image in enumerate(images):
-        out[i] = np.asarray(Image.fromarray(image).resize((size, size), Image.BOX
-                                                          if size < image.shape[0]
-                                                          else Image.BICUBIC))
+        plane = image[..., 0] if image.shape[-1] == 1 else image
+        resized = np.asarray(Image.fromarray(plane).resize(
+            (size, size), Image.BOX if size < image.shape[0] else Image.BICUBIC))
+        out[i] = resized.reshape(size, size, images.shape[3])
     return out

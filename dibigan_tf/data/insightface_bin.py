@@ -16,10 +16,9 @@ import io
 import pickle
 
 import numpy as np
-from PIL import Image
 
 from dibigan_tf.data.digits import DataError
-from dibigan_tf.data.faces import to_rgb
+from dibigan_tf.data.faces import open_image, to_rgb
 
 
 def _latin1_bytes(text, encoding="latin1"):
@@ -85,12 +84,9 @@ def _check_structure(path: str, data):
 
 
 def _decode(path: str, index: int, data) -> np.ndarray:
-    try:
-        image = Image.open(io.BytesIO(bytes(data)))
-        image.load()
-    except Exception as error:  # PIL raises many types for broken data
-        raise DataError(f"{path}: image {index} (pair {index // 2}) cannot be decoded "
-                        f"({type(error).__name__}: {error})") from None
+    # broken data or more pixels than the limit: a DataError naming the file and the image
+    image = open_image(io.BytesIO(bytes(data)), f"{path}: image {index} (pair {index // 2})",
+                       unreadable="cannot be decoded")
     return to_rgb(image)
 
 

@@ -103,13 +103,104 @@ def test_read_rgb_refuses_broken_files(tmp_path):
         read_rgb(str(tmp_path / "cut.jpg"))
 
 
-def test_read_rgb_downscales_very_large_images(tmp_path, monkeypatch):
+def _png_bomb(path, width=100_000, height=100_000):
+    """A PNG of a few hundred bytes that declares width x height grey pixels (10 GB decoded by
+    default): the header, a short compressed stream of zero rows, the end chunk."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data +
+                struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    data = zlib.compress(b"\0" * 4096, 9)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) +
+                     chunk(b"IEND", b""))
+
+
+def test_read_rgb_refuses_a_png_bomb_before_decoding(tmp_path):
+    import time
+    path = tmp_path / "bomb.png"
+    _png_bomb(path)
+    assert path.stat().st_size < 1000
+    start = time.monotonic()
+    with pytest.raises(DataError) as info:
+        read_rgb(str(path))
+    assert time.monotonic() - start < 2.0
+    message = str(info.value)
+    assert str(path) in message and "too large" in message and "100000x100000" in message
+    assert "\n" not in message
+
+
+def test_read_rgb_pixel_limit(tmp_path, monkeypatch):
     import dibigan_tf.data.faces as faces
     monkeypatch.setattr(faces, "MAX_PIXELS", 100 * 100)
+    monkeypatch.setattr(faces, "MAX_JPEG_PIXELS", 64 * 100 * 100)
+    # a PNG over the limit is refused (its decoder cannot scale while decoding)
     _save(str(tmp_path / "big.png"), np.full((400, 300, 3), 7, np.uint8))
-    out = read_rgb(str(tmp_path / "big.png"))
+    with pytest.raises(DataError, match=r"big.png: image too large \(300x400 pixels"):
+        read_rgb(str(tmp_path / "big.png"))
+    # a JPEG is decoded at a reduced scale, within the limit
+    _save(str(tmp_path / "big.jpg"), np.full((400, 300, 3), 7, np.uint8), quality=95)
+    out = read_rgb(str(tmp_path / "big.jpg"))
     assert out.shape[0] * out.shape[1] <= 100 * 100 and out.shape[0] > out.shape[1]
-    assert (out == 7).all()
+    assert np.abs(out.astype(int) - 7).max() <= 2
+    # ...unless even 1/8 of it is over the limit
+    _save(str(tmp_path / "huge.jpg"), np.full((1000, 900, 3), 7, np.uint8))
+    with pytest.raises(DataError, match="huge.jpg: image too large.*1/8"):
+        read_rgb(str(tmp_path / "huge.jpg"))
+
+
+def test_a_png_bomb_in_a_folder_is_skipped_and_the_run_goes_on(tmp_path):
+    root = _folder(tmp_path)
+    _png_bomb(root / "bob" / "bob_0004.png")
+    faces, stats = load_face_folders(str(root), MeanAligner(), str(tmp_path / "cache"))
+    assert stats["aligned"] == 9 and stats["status_unreadable"] == 1
+    assert stats["examples"]["unreadable"] == os.path.join("bob", "bob_0004.png")
+
+
+def test_the_detector_never_sees_more_than_its_pixel_limit(monkeypatch):
+    """A large photo is detected on a scaled-down copy (boxes scaled back to the photo), and an
+    upsampling level that would pass the limit does not run (no dlib needed: a fake detector)."""
+    import dibigan_tf.data.align as align
+    monkeypatch.setattr(align, "MAX_DETECT_PIXELS", 100 * 100)
+
+    class Rect:
+        def __init__(self, left, top, right, bottom):
+            self.box = (left, top, right, bottom)
+
+        def left(self):
+            return self.box[0]
+
+        def top(self):
+            return self.box[1]
+
+        def right(self):
+            return self.box[2]
+
+        def bottom(self):
+            return self.box[3]
+
+    class Detector:
+        def __init__(self, found):
+            self.found, self.calls = found, []
+
+        def run(self, image, level, threshold):
+            self.calls.append((image.shape[:2], level))
+            return ([Rect(10, 10, 20, 20)], [1.0], [0]) if self.found else ([], [], [])
+
+    class FakeDlib:
+        rectangle = Rect
+
+    aligner = object.__new__(align.DlibAligner)
+    aligner._dlib, aligner.upsample = FakeDlib(), 2
+    aligner._detector = Detector(found=True)
+    faces = aligner.detect(np.zeros((400, 400, 3), np.uint8))
+    assert aligner._detector.calls == [((100, 100), 0)]
+    assert faces[0][0].box == (40, 40, 80, 80)
+    aligner._detector = Detector(found=False)
+    aligner.detect(np.zeros((40, 40, 3), np.uint8))   # 1,600 px; x4 = 6,400; x16 over the limit
+    assert aligner._detector.calls == [((40, 40), 0), ((40, 40), 1)]
 
 
 def test_load_face_folders_counts_bad_images_and_keeps_identities(tmp_path):
@@ -193,6 +284,15 @@ def test_resize_images():
     small = resize_images(images, 2)
     assert small.shape == (2, 2, 2, 3)
     assert small[0, 0, 0, 0] == round(images[0, :2, :2, 0].mean())
+
+
+def test_resize_images_greyscale():
+    """One-channel images (the digits) resize to any size, up or down."""
+    images = np.arange(2 * 32 * 32, dtype=np.uint8).reshape(2, 32, 32, 1)
+    for size in (16, 48):
+        out = resize_images(images, size)
+        assert out.shape == (2, size, size, 1) and out.dtype == np.uint8
+    assert abs(int(resize_images(images, 16)[1, 0, 0, 0]) - images[1, :2, :2, 0].mean()) <= 0.5
 
 
 def test_read_lfw_people_lists_every_image(tmp_path):

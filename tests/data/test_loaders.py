@@ -173,7 +173,7 @@ def test_undecodable_image_and_broken_file(tmp_path):
     bins[3] = b"\xff\xd8 not really a jpeg"
     path = tmp_path / "broken.bin"
     path.write_bytes(pickle.dumps((bins, [True, False]), protocol=4))
-    with pytest.raises(DataError, match="image 3 \\(pair 1\\) cannot be decoded"):
+    with pytest.raises(DataError, match="image 3 \\(pair 1\\): cannot be decoded"):
         read_verification_bin(str(path))
     assert read_verification_bin(str(path), max_pairs=1)[0].shape[0] == 2
     data = pickle.dumps(([_encode(im) for im in _pairs(1)[0]], [True]), protocol=4)
