@@ -16,6 +16,7 @@ import tempfile
 import time
 
 import numpy as np
+from absl import logging
 
 from dibigan_tf.matchers.base import Matcher, MatcherError
 
@@ -50,8 +51,16 @@ class FeatureStore:
         self._rows = []
         self.session_queries = 0
         for shard in sorted(glob.glob(os.path.join(self.dir, "shard-*.npz"))):
-            with np.load(shard) as data:
-                keys, feats = data["keys"], data["features"]
+            try:
+                with np.load(shard) as data:
+                    keys, feats = data["keys"], data["features"]
+            except Exception as error:  # cut short or overwritten: its images are asked again
+                os.replace(shard, shard + ".damaged")
+                logging.warning("%s: damaged feature-store shard (%s: %s), set aside as "
+                                "%s.damaged; its images will be sent to the matcher again",
+                                shard, type(error).__name__, " ".join(str(error).split())[:200],
+                                os.path.basename(shard))
+                continue
             if feats.ndim != 2 or feats.shape[1] != matcher.embedding_dim:
                 raise MatcherError(f"{shard}: stored features have shape {feats.shape}, but "
                                    f"{matcher.name} gives {matcher.embedding_dim}-D vectors; "
@@ -59,6 +68,13 @@ class FeatureStore:
             for k, f in zip(keys, feats):
                 self._index[bytes(k)] = len(self._rows)
                 self._rows.append(f)
+
+    def _next_shard(self) -> str:
+        """A shard path after every existing one (also after shards set aside as damaged)."""
+        numbers = [int(os.path.basename(p)[len("shard-"):].split(".")[0])
+                   for p in glob.glob(os.path.join(self.dir, "shard-*.npz*"))
+                   if os.path.basename(p)[len("shard-"):].split(".")[0].isdigit()]
+        return os.path.join(self.dir, f"shard-{max(numbers, default=-1) + 1:05d}.npz")
 
     @property
     def total_queries(self) -> int:
@@ -91,7 +107,7 @@ class FeatureStore:
         for c in range(0, len(missing), self.chunk_size):
             chunk = missing[c:c + self.chunk_size]
             feats = self.matcher.embed(images[chunk])  # validates shape and finiteness
-            shard = os.path.join(self.dir, f"shard-{len(glob.glob(os.path.join(self.dir, 'shard-*.npz'))):05d}.npz")
+            shard = self._next_shard()
             chunk_keys = np.array([keys[i] for i in chunk])
             _atomic_savez(shard, keys=chunk_keys, features=feats)
             self._count(len(chunk))

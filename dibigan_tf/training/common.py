@@ -195,8 +195,7 @@ class Stage:
         self.checkpoint = tf.train.Checkpoint(step=self.step, images_seen=self.images_seen,
                                               elapsed=self.elapsed, **objects)
         self._objects = dict(objects)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(self.dir, "ckpt"),
-                                                  max_to_keep=keep)
+        self.manager = _checkpoint_manager(self.checkpoint, os.path.join(self.dir, "ckpt"), keep)
         self._writer = None
         self._clock = time.time()
 
@@ -218,11 +217,33 @@ class Stage:
             return json.load(handle)
 
     def restore(self) -> bool:
-        """Restores the latest checkpoint if there is one; returns whether it did."""
-        path = self.manager.latest_checkpoint
-        if path is None:
+        """Restores the latest checkpoint if there is one; returns whether it did.
+
+        A damaged checkpoint (cut short, empty index, unreadable data) is passed over for the
+        newest intact one, with a warning naming both; when the damaged one was a finished
+        stage's final checkpoint, the stage is no longer finished and trains on from the intact
+        one. Every checkpoint damaged: a TrainingError naming the folder to delete."""
+        candidates = list(reversed(self.manager.checkpoints))
+        if not candidates:
             return False
-        self.checkpoint.restore(path).expect_partial()
+        damaged = []
+        for path in candidates:
+            try:
+                self.checkpoint.restore(path).expect_partial()
+                break
+            except Exception as error:  # TensorFlow raises many types for a broken file
+                damaged.append(f"{path} ({type(error).__name__}: {_one_line(error)})")
+        else:
+            raise TrainingError(f"{self.name}: every checkpoint in {self.manager.directory} is "
+                                f"damaged ({'; '.join(damaged)}); delete that folder to train "
+                                f"the stage from the start")
+        if damaged:
+            logging.warning("%s: damaged checkpoint %s; resuming from the newest intact one, %s",
+                            self.name, "; ".join(damaged), path)
+            if self.is_done():
+                os.replace(self.done_path, self.done_path + ".damaged")
+                logging.warning("%s: its final checkpoint was damaged, so the stage trains on "
+                                "from %s", self.name, path)
         self._check_networks_restored(path)
         self._keep_configured_learning_rates()
         self._clock = time.time()
@@ -295,6 +316,35 @@ class Stage:
         step = int(self.step.numpy()) if step is None else step
         with self.writer.as_default(step=step):
             tf.summary.image(name, grid[None], step=step)
+
+
+def _one_line(error) -> str:
+    return " ".join(str(error).split())[:200]
+
+
+def _checkpoint_manager(checkpoint, directory: str, keep: int):
+    """A CheckpointManager on `directory`. When its state file (`checkpoint`) cannot be parsed
+    (TensorFlow then ignores it, and would start the stage again from nothing), it is set aside
+    and rebuilt from the checkpoints present, oldest first, with a warning."""
+    manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
+    found = sorted((int(name[len("ckpt-"):-len(".index")]), name[:-len(".index")])
+                   for name in (os.listdir(directory) if os.path.isdir(directory) else [])
+                   if name.startswith("ckpt-") and name.endswith(".index")
+                   and name[len("ckpt-"):-len(".index")].isdigit())
+    if manager.checkpoints or not found:
+        return manager
+    state = os.path.join(directory, "checkpoint")
+    if os.path.exists(state):
+        os.replace(state, state + ".damaged")
+    paths = [os.path.join(directory, name) for _, name in found]
+    logging.warning("%s: checkpoint state file missing or damaged (set aside as "
+                    "checkpoint.damaged); rebuilt from the %d checkpoints found, the newest %s",
+                    directory, len(paths), paths[-1])
+    times = [os.path.getmtime(p + ".index") for p in paths]
+    tf.compat.v1.train.update_checkpoint_state(directory, paths[-1], paths,
+                                               all_model_checkpoint_timestamps=times,
+                                               last_preserved_timestamp=min(times) - 1.0)
+    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
 
 
 def check_finite(values: dict, stage: str, step: int):

@@ -87,3 +87,38 @@ def test_wrong_image_format_refused(tmp_path):
         store.features(_images(2).astype(np.float32))
     with pytest.raises(MatcherError, match="shape"):
         store.features(np.zeros((2, 5, 5, 1), np.uint8))
+
+
+def _warnings(monkeypatch):
+    """Captures the store's absl warnings as formatted strings."""
+    import dibigan_tf.matchers.store as store_module
+    seen = []
+    monkeypatch.setattr(store_module.logging, "warning", lambda msg, *args: seen.append(msg % args))
+    return seen
+
+
+def test_a_damaged_shard_is_named_and_only_its_images_are_asked_again(tmp_path, monkeypatch):
+    import glob
+    import os
+    images = _images(30)
+    first = FeatureStore(str(tmp_path), CountingMatcher(), chunk_size=10)
+    expected = first.features(images)
+    shards = sorted(glob.glob(os.path.join(first.dir, "shard-*.npz")))
+    assert len(shards) == 3
+    data = open(shards[1], "rb").read()
+    with open(shards[1], "wb") as handle:   # cut short, as by a full disk
+        handle.write(data[:len(data) // 2])
+    warnings = _warnings(monkeypatch)
+    again = CountingMatcher()
+    store = FeatureStore(str(tmp_path), again, chunk_size=10)
+    assert len(warnings) == 1 and shards[1] in warnings[0] and "damaged" in warnings[0]
+    assert len(store) == 20
+    np.testing.assert_array_equal(store.features(images), expected)
+    assert again.seen == 10                       # the damaged shard's ten images, no other
+    assert store.total_queries == 40
+    # the new shard does not overwrite an existing one, and every shard now reads
+    assert len(glob.glob(os.path.join(first.dir, "shard-*.npz"))) == 3
+    assert os.path.exists(shards[1] + ".damaged")
+    third = CountingMatcher()
+    FeatureStore(str(tmp_path), third, chunk_size=10).features(images)
+    assert third.seen == 0

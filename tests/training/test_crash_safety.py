@@ -98,3 +98,65 @@ def test_planted_nan_stops_a_run_with_a_one_line_error(tmp_path):
     assert "loss 'loss' is nan in stage student at step 6" in run.stderr
     assert _latest_step(str(tmp_path / "crash" / "student" / "ckpt")) == 5
     assert not (tmp_path / "crash" / "student" / "done.json").exists()
+
+
+def _warnings(monkeypatch):
+    import dibigan_tf.training.common as common
+    seen = []
+    monkeypatch.setattr(common.logging, "warning", lambda msg, *args: seen.append(msg % args))
+    return seen
+
+
+def _three_checkpoints(tmp_path):
+    stage, step, w = _toy_stage(tmp_path)
+    for k in (1, 2, 3):
+        w.assign([float(k), float(k)])
+        stage.step.assign(k)
+        stage.save()
+    return os.path.join(str(tmp_path), "toy", "ckpt")
+
+
+@pytest.mark.parametrize("damage", ["truncated_data", "empty_index"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, monkeypatch,
+                                                                          damage):
+    ckpt = _three_checkpoints(tmp_path)
+    latest = os.path.join(ckpt, "ckpt-3")
+    if damage == "truncated_data":
+        data = latest + ".data-00000-of-00001"
+        content = open(data, "rb").read()
+        open(data, "wb").write(content[:len(content) // 2])
+    else:
+        open(latest + ".index", "wb").close()
+    warnings = _warnings(monkeypatch)
+    stage, _, w = _toy_stage(tmp_path)
+    assert stage.restore() and int(stage.step.numpy()) == 2
+    np.testing.assert_allclose(w.numpy(), [2.0, 2.0])
+    assert len(warnings) == 1
+    assert latest in warnings[0] and os.path.join(ckpt, "ckpt-2") in warnings[0]
+
+
+def test_a_finished_stage_with_a_damaged_final_checkpoint_trains_on(tmp_path, monkeypatch):
+    ckpt = _three_checkpoints(tmp_path)
+    stage, _, _ = _toy_stage(tmp_path)
+    stage.restore()
+    stage.mark_done()     # saves ckpt-3 again and writes done.json
+    open(os.path.join(ckpt, "ckpt-3.index"), "wb").close()
+    warnings = _warnings(monkeypatch)
+    again, _, _ = _toy_stage(tmp_path)
+    assert again.restore() and int(again.step.numpy()) == 2
+    assert not again.is_done() and len(warnings) == 2 and "trains on" in warnings[1]
+
+
+def test_every_checkpoint_damaged_and_a_damaged_state_file(tmp_path, monkeypatch):
+    ckpt = _three_checkpoints(tmp_path)
+    # the state file cut to garbage: rebuilt from the checkpoints present
+    with open(os.path.join(ckpt, "checkpoint"), "w") as handle:
+        handle.write('model_checkpoint_path: "ckpt-3\n{{{')
+    warnings = _warnings(monkeypatch)
+    stage, _, _ = _toy_stage(tmp_path)
+    assert stage.restore() and int(stage.step.numpy()) == 3
+    assert any("state file" in w for w in warnings)
+    for k in (1, 2, 3):
+        open(os.path.join(ckpt, f"ckpt-{k}.index"), "wb").close()
+    with pytest.raises(TrainingError, match=r"every checkpoint in .*ckpt is damaged.*delete"):
+        _toy_stage(tmp_path)[0].restore()
