@@ -1,8 +1,11 @@
 """Flags shared by train.py and evaluate.py: the matcher F under attack and face alignment."""
 from absl import flags
 
-flags.DEFINE_enum("matcher", "lenet", ["lenet", "keras", "savedmodel", "onnx", "dlib", "http"],
-                  "The matcher F under attack (lenet: trained here on the digits).")
+flags.DEFINE_enum("matcher", "lenet", ["lenet", "keras", "savedmodel", "onnx", "dlib",
+                                       "dlib_keras", "http"],
+                  "The matcher F under attack (lenet: trained here on the digits; dlib_keras: "
+                  "dlib's descriptor rebuilt in Keras from its weight file, differentiable, "
+                  "aligned chips only).")
 flags.DEFINE_string("matcher_path", "", "keras/savedmodel/onnx: the model file or directory.")
 flags.DEFINE_string("matcher_url", "", "http: the endpoint (see dibigan_tf/matchers/http.py).")
 flags.DEFINE_integer("matcher_embedding_dim", 0, "http: length of the returned vectors.")
@@ -19,8 +22,8 @@ flags.DEFINE_enum("matcher_layout", "", ["", "nchw", "nhwc"], "onnx: input layou
 flags.DEFINE_float("matcher_mean", 127.5, "onnx: (x - mean) / std normalisation.")
 flags.DEFINE_float("matcher_std", 127.5, "onnx: (x - mean) / std normalisation.")
 flags.DEFINE_enum("matcher_channel_order", "rgb", ["rgb", "bgr"], "onnx: channel order.")
-flags.DEFINE_integer("dlib_jitters", 0, "dlib: average the descriptor over this many jittered "
-                     "copies (0: none, as dlib's default).")
+flags.DEFINE_integer("dlib_jitters", 0, "dlib (not dlib_keras): average the descriptor over "
+                     "this many jittered copies (0: none, as dlib's default).")
 flags.DEFINE_enum("dlib_chip", "aligned", ["aligned", "landmarks"], "dlib: the images are "
                   "aligned face chips, or dlib's landmark + chip step runs on each.")
 flags.DEFINE_integer("align_size", 150, "faces: size of the aligned crops (dlib's face chip: "

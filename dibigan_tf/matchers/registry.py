@@ -5,7 +5,7 @@ from __future__ import annotations
 from dibigan_tf.matchers.base import Matcher, MatcherError
 
 #: every value `--matcher` accepts
-MATCHERS = ("lenet", "keras", "savedmodel", "onnx", "dlib", "http")
+MATCHERS = ("lenet", "keras", "savedmodel", "onnx", "dlib", "dlib_keras", "http")
 
 
 def open_matcher(mc, image_shape) -> Matcher:
@@ -17,6 +17,12 @@ def open_matcher(mc, image_shape) -> Matcher:
         from dibigan_tf.matchers.dlib_matcher import DlibMatcher
         return DlibMatcher(image_size=mc.input_size or image_size, chip=mc.chip,
                            num_jitters=mc.num_jitters)
+    if name == "dlib_keras":
+        # dlib's descriptor rebuilt in Keras from its weight file: dlib's input contract with
+        # --dlib_chip=aligned, and differentiable (whitebox mode on faces)
+        from dibigan_tf.matchers.dlib_keras import DlibKerasMatcher
+        return DlibKerasMatcher(image_size=mc.input_size or image_size, chip=mc.chip,
+                                num_jitters=mc.num_jitters)
     if name in ("keras", "savedmodel"):
         _need(mc.path, name, "--matcher_path (a .keras/.h5 file or a SavedModel directory)")
         from dibigan_tf.matchers.keras_model import KerasMatcher

@@ -30,7 +30,8 @@ def test_http_needs_the_embedding_dim_and_unknown_names_are_refused():
         open_matcher(MatcherConfig(name="arcface"), (8, 8, 3))
     with pytest.raises(MatcherError, match="trained by the digits pipeline"):
         open_matcher(MatcherConfig(name="lenet"), (8, 8, 3))
-    assert set(MATCHERS) == {"lenet", "keras", "savedmodel", "onnx", "dlib", "http"}
+    assert set(MATCHERS) == {"lenet", "keras", "savedmodel", "onnx", "dlib", "dlib_keras",
+                             "http"}
 
 
 def test_registry_passes_the_settings_through(tmp_path):
