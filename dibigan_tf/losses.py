@@ -53,16 +53,34 @@ def generator_distill_loss(fake_taps, real_taps, fake_embedding, real_embedding,
 
 # --------------------------------------------------------------------------- Eq. 4 and 5
 
-def latent_gaussian_stats(z, mode="spatial", eps=1e-6):
-    """The mean and (diagonal) standard deviation that represent a latent z as a Gaussian.
+#: How Eq. 4's "means and covariances of z~ and z" are read (`--biject_reading`).
+#:  - "spatial": a latent z = H(x) of one image, [h, w, c] after the flow's squeezes, is h*w
+#:    samples of a c-dimensional Gaussian with diagonal covariance; Eq. 4 compares the two
+#:    images' sample statistics ("{mu~, Sigma~} and {mu, Sigma} are the means and covariances of
+#:    z~ and z"). Blind to where things are: a mirrored latent has the same statistics.
+#:  - "spatial_full": the same samples with the full c x c covariance, so that Eq. 4 is the
+#:    general Gaussian W2 the paper writes (with the matrix square roots), not its diagonal case;
+#:    it sees correlations between channels, still not positions.
+#:  - "latent": each latent z is the mean of a Gaussian whose covariance is its identity's prior
+#:    (H is trained with "K Gaussian distributions ... z_k ~ N(mu_k, Sigma_k)", section 3.2), so
+#:    Eq. 4 is ||z~ - z||^2 ("d(z~, z) = inf E(||z~ - z||^2)") plus the covariance term between
+#:    the two priors, which is zero within one identity and a constant of the two identities in
+#:    Eq. 5. It sees every position.
+#: Every reading is a sum over c channels averaged over the h*w positions (the "latent" reading's
+#: squared distance is divided by h*w), so the three share one scale; a constant factor would
+#: only rescale alpha and the data-derived margin.
+BIJECT_READINGS = ("spatial", "spatial_full", "latent")
 
-    The paper (Eq. 4) compares "the means and covariances of z~ and z" without saying over which
-    samples they are taken. We read a latent z = H(x) of one image, shaped [h, w, c] by the flow's
-    squeezes, as h*w samples of a c-dimensional variable (mode "spatial"): each image then has its
-    own Gaussian N(mu, Sigma) with mu, Sigma over the c channels, Eq. 4 compares two images, and
-    Eq. 5 can compare two reconstructions, which is what L_biject (Eq. 8) needs. (The other
-    reading, statistics over the images of a batch that share an identity, would compare
-    identities rather than images; it is not implemented.)
+
+def check_biject_reading(reading: str) -> str:
+    if reading not in BIJECT_READINGS:
+        raise ValueError(f"unknown biject reading {reading!r}; choose from {BIJECT_READINGS}")
+    return reading
+
+
+def latent_gaussian_stats(z, mode="spatial", eps=1e-6):
+    """The mean and diagonal standard deviation of a latent's h*w spatial samples (the
+    "spatial" reading of Eq. 4, see BIJECT_READINGS).
 
     z: [batch, h, w, c]. Returns (mu [batch, c], sigma [batch, c]).
     """
@@ -75,7 +93,8 @@ def latent_gaussian_stats(z, mode="spatial", eps=1e-6):
 
 
 def latent_gaussian_full_stats(z):
-    """Mean [batch, c] and full covariance [batch, c, c] of z's h*w spatial samples."""
+    """Mean [batch, c] and full covariance [batch, c, c] of z's h*w spatial samples (the
+    "spatial_full" reading of Eq. 4)."""
     samples = tf.reshape(z, [tf.shape(z)[0], -1, z.shape[-1]])
     mu = tf.reduce_mean(samples, axis=1)
     centred = samples - mu[:, None, :]
@@ -93,23 +112,45 @@ def w2_gaussian_diag(mu1, sigma1, mu2, sigma2):
             tf.reduce_sum(tf.square(sigma1 - sigma2), axis=-1))
 
 
-def _sqrtm_psd(matrix, eps=1e-10):
-    """Symmetric PSD square root by eigendecomposition (batched)."""
+@tf.custom_gradient
+def _trace_sqrtm_psd(matrix):
+    """Tr(M^1/2) of symmetric PSD matrices [..., c, c], with the gradient 1/2 M^-1/2 computed
+    from the eigenvalues directly: the generic eigh gradient divides by eigenvalue gaps and
+    gives NaN for repeated eigenvalues, which the trace does not need."""
     matrix = 0.5 * (matrix + tf.linalg.matrix_transpose(matrix))
     values, vectors = tf.linalg.eigh(matrix)
-    values = tf.sqrt(tf.maximum(values, eps))
-    return tf.matmul(vectors * values[..., None, :], vectors, transpose_b=True)
+    values = tf.maximum(values, 0.0)
+    eps = tf.constant(1e-8, matrix.dtype)
+
+    def grad(upstream):
+        inv_root = 0.5 / tf.sqrt(tf.maximum(values, eps))
+        g = tf.matmul(vectors * inv_root[..., None, :], vectors, transpose_b=True)
+        return upstream[..., None, None] * g
+    return tf.reduce_sum(tf.sqrt(values), axis=-1), grad
 
 
-def w2_gaussian_full(mu1, cov1, mu2, cov2):
+def w2_gaussian_full(mu1, cov1, mu2, cov2, eps=None):
     """Eq. 4 for full covariances: ||mu1-mu2||^2 + Tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2).
 
-    Differentiable (eigendecomposition-based square roots). mu: [..., c]; cov: [..., c, c].
+    The cross term is Tr((L1^T S2 L1)^1/2) with S1 = L1 L1^T (Cholesky of S1 + eps I): L1^T S2 L1
+    has the eigenvalues of S2 S1, as S1^1/2 S2 S1^1/2 does, and its gradient needs no matrix
+    square root of S1. eps: 1e-6 in float32, 1e-12 in float64 (None). Broadcasts: mu [..., c];
+    cov [..., c, c].
     """
-    root1 = _sqrtm_psd(cov1)
-    cross = _sqrtm_psd(tf.matmul(tf.matmul(root1, cov2), root1))
-    trace = tf.linalg.trace(cov1 + cov2 - 2.0 * cross)
+    if eps is None:
+        eps = 1e-12 if cov1.dtype == tf.float64 else 1e-6
+    c = tf.shape(cov1)[-1]
+    chol = tf.linalg.cholesky(cov1 + eps * tf.eye(c, dtype=cov1.dtype))
+    inner = tf.matmul(tf.matmul(chol, cov2, transpose_a=True), chol)
+    trace = (tf.linalg.trace(cov1) + tf.linalg.trace(cov2) - 2.0 * _trace_sqrtm_psd(inner))
     return tf.reduce_sum(tf.square(mu1 - mu2), axis=-1) + trace
+
+
+def _pairwise_sq(a, b):
+    """Squared Euclidean distance between every row of a [n, d] and of b [m, d]: [n, m]."""
+    return (tf.reduce_sum(tf.square(a), axis=-1)[:, None]
+            + tf.reduce_sum(tf.square(b), axis=-1)[None, :]
+            - 2.0 * tf.matmul(a, b, transpose_b=True))
 
 
 def pairwise_w2_diag(mu, sigma, mu2=None, sigma2=None):
@@ -117,12 +158,58 @@ def pairwise_w2_diag(mu, sigma, mu2=None, sigma2=None):
     with (mu2, sigma2), between the rows of the first and of the second set: [batch, batch2]."""
     mu2 = mu if mu2 is None else mu2
     sigma2 = sigma if sigma2 is None else sigma2
+    return tf.maximum(_pairwise_sq(mu, mu2) + _pairwise_sq(sigma, sigma2), 0.0)
 
-    def sq(a, b):
-        return (tf.reduce_sum(tf.square(a), axis=-1)[:, None]
-                + tf.reduce_sum(tf.square(b), axis=-1)[None, :]
-                - 2.0 * tf.matmul(a, b, transpose_b=True))
-    return tf.maximum(sq(mu, mu2) + sq(sigma, sigma2), 0.0)
+
+def latent_summary(z, reading):
+    """What Eq. 4 compares of each latent z [batch, h, w, c] under a reading: (mu, sigma) for
+    "spatial", (mu, covariance) for "spatial_full", the latent flattened and divided by
+    sqrt(h*w) for "latent" (a list of tensors, gathered across replicas as they are)."""
+    check_biject_reading(reading)
+    if reading == "spatial":
+        return list(latent_gaussian_stats(z))
+    if reading == "spatial_full":
+        return list(latent_gaussian_full_stats(z))
+    positions = tf.cast(tf.shape(z)[1] * tf.shape(z)[2], z.dtype)
+    return [tf.reshape(z, [tf.shape(z)[0], -1]) / tf.sqrt(positions)]
+
+
+def summary_w2(a, b, reading):
+    """Eq. 4 between matching rows of two latent summaries: [batch]. The "latent" reading's
+    covariance term is zero here: both latents carry the same identity's prior."""
+    if reading == "spatial":
+        return w2_gaussian_diag(a[0], a[1], b[0], b[1])
+    if reading == "spatial_full":
+        return w2_gaussian_full(a[0], a[1], b[0], b[1])
+    return tf.reduce_sum(tf.square(a[0] - b[0]), axis=-1)
+
+
+def pairwise_summary_w2(a, b, reading):
+    """Eq. 4 between every row of summary a and every row of summary b: [batch_a, batch_b]
+    (without the "latent" reading's prior term, see `prior_w2_table`)."""
+    if reading == "spatial":
+        return pairwise_w2_diag(a[0], a[1], b[0], b[1])
+    if reading == "spatial_full":
+        d = w2_gaussian_full(a[0][:, None], a[1][:, None], b[0][None], b[1][None])
+        return tf.maximum(d, 0.0)
+    return tf.maximum(_pairwise_sq(a[0], b[0]), 0.0)
+
+
+def latent_w2(z1, z2, reading="spatial"):
+    """Eq. 4 between matching latents z1, z2 [batch, h, w, c] of one identity: [batch]."""
+    return summary_w2(latent_summary(z1, reading), latent_summary(z2, reading), reading)
+
+
+def prior_w2_table(prior_scales, positions):
+    """The "latent" reading's covariance term between the priors of every two identities,
+    [K, K]: W2 between N(., diag(s_k^2)) and N(., diag(s_l^2)) is ||s_k - s_l||^2, divided by
+    the h*w positions as the reading's distances are. prior_scales: [K, D] standard deviations
+    of a diagonal class-conditional prior (numpy); returns float32 numpy."""
+    import numpy as np
+    s = np.asarray(prior_scales, np.float64)
+    sq = np.sum(s * s, axis=1)
+    table = np.maximum(sq[:, None] + sq[None, :] - 2.0 * s @ s.T, 0.0) / float(positions)
+    return table.astype(np.float32)
 
 
 def identity_aware_loss(distances, labels, margin, other_labels=None, offset=0):
@@ -160,20 +247,29 @@ def replica_gather(tensors):
     return [ctx.all_gather(t, axis=0) for t in tensors], offset
 
 
-def biject_loss(fake_z, real_z, labels, margin):
-    """L_biject of Eq. 8: Eq. 4 between H(x~) and H(x) plus Eq. 5 among the reconstructions.
+def biject_loss(fake_z, real_z, labels, margin, reading="spatial", prior_table=None):
+    """L_biject of Eq. 8: Eq. 4 between H(x~) and H(x) plus Eq. 5 among the reconstructions,
+    under one of BIJECT_READINGS.
 
     fake_z, real_z: [batch, h, w, c] latents of H (frozen); labels: [batch]. Returns [batch].
+    prior_table: [K, K] (`prior_w2_table`), the "latent" reading's covariance term between two
+    identities' priors, added to Eq. 5's distances (None: zero, as for identical priors).
     Eq. 5's pairs are those of the global batch: under a distribution strategy each replica's
     reconstructions are compared with every other reconstruction of the step (`replica_gather`),
     so the loss does not change with the number of replicas.
     """
-    mu_f, sigma_f = latent_gaussian_stats(fake_z)
-    mu_r, sigma_r = latent_gaussian_stats(tf.stop_gradient(real_z))
-    pointwise = w2_gaussian_diag(mu_f, sigma_f, mu_r, sigma_r)
-    (all_mu, all_sigma, all_labels), offset = replica_gather([mu_f, sigma_f, labels])
-    pairwise = identity_aware_loss(pairwise_w2_diag(mu_f, sigma_f, all_mu, all_sigma), labels,
-                                   margin, other_labels=all_labels, offset=offset)
+    fake = latent_summary(fake_z, reading)
+    real = latent_summary(tf.stop_gradient(real_z), reading)
+    pointwise = summary_w2(fake, real, reading)
+    gathered, offset = replica_gather(fake + [labels])
+    all_summary, all_labels = gathered[:-1], gathered[-1]
+    distances = pairwise_summary_w2(fake, all_summary, reading)
+    if reading == "latent" and prior_table is not None:
+        table = tf.convert_to_tensor(prior_table, distances.dtype)
+        distances += tf.gather(tf.gather(table, tf.cast(labels, tf.int32)),
+                               tf.cast(all_labels, tf.int32), axis=1)
+    pairwise = identity_aware_loss(distances, labels, margin, other_labels=all_labels,
+                                   offset=offset)
     return pointwise + pairwise
 
 

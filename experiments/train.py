@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dibigan_tf import keras_compat  # noqa: E402,F401  (selects Keras 2 before TF loads)
 from experiments.matcher_flags import matcher_config  # noqa: E402  (defines the matcher flags)
 from dibigan_tf.training.precision import POLICIES  # noqa: E402
+from dibigan_tf.losses import BIJECT_READINGS  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -117,6 +118,11 @@ flags.DEFINE_float("beta_adv", 1.0, "beta of the exponential weighting.")
 flags.DEFINE_float("tap_weight", 1.0, "lambda_j of Eq. 7.")
 flags.DEFINE_float("embedding_weight", 10.0, "lambda_a of Eq. 7.")
 flags.DEFINE_float("biject_margin", -1.0, "m of Eq. 5 (< 0: from data).")
+flags.DEFINE_enum("biject_reading", "spatial", list(BIJECT_READINGS),
+                  "How Eq. 4 reads H's latents: 'spatial' (each image's h*w positions as samples "
+                  "of a c-dim diagonal Gaussian), 'spatial_full' (the same with the full c x c "
+                  "covariance), 'latent' (the whole latent as the mean of its identity's prior "
+                  "Gaussian; dibigan_tf/losses.py).")
 flags.DEFINE_float("recon_weight", 1.0, "Constant factor on lambda_r (L_recon is a per-pixel "
                    "mean absolute error).")
 flags.DEFINE_bool("use_biject", True, "L_biject in Eq. 8.")
@@ -165,7 +171,7 @@ def build_config():
         batch_sizes=_ints(FLAGS.batch_sizes) or None, learning_rate=FLAGS.learning_rate,
         alpha_b=FLAGS.alpha_b, beta_adv=FLAGS.beta_adv, tap_weight=FLAGS.tap_weight,
         embedding_weight=FLAGS.embedding_weight, biject_margin=FLAGS.biject_margin,
-        recon_weight=FLAGS.recon_weight,
+        biject_reading=FLAGS.biject_reading, recon_weight=FLAGS.recon_weight,
         use_biject=FLAGS.use_biject, use_distill=FLAGS.use_distill, use_adv=FLAGS.use_adv,
         use_recon=FLAGS.use_recon, ema_kimg=FLAGS.ema_kimg, feature_norm=FLAGS.feature_norm,
         condition_noise=FLAGS.condition_noise, seed=FLAGS.seed + 3,

@@ -54,6 +54,7 @@ class GanConfig:
     embedding_weight: float = 10.0  # lambda_a
     recon_weight: float = 1.0     # a constant on lambda_r (L_recon is a per-pixel mean, see losses)
     biject_margin: float = -1.0   # m of Eq. 5; < 0: the median inter-identity distance of reals
+    biject_reading: str = "spatial"   # how Eq. 4 reads a latent (losses.BIJECT_READINGS)
     use_biject: bool = True
     use_distill: bool = True
     use_adv: bool = True
@@ -148,24 +149,40 @@ def feature_statistics(features, norm="global"):
     return mean.astype(np.float32), scale.astype(np.float32)
 
 
-def biject_margin_from_data(flow, images_unit, labels, max_images=512):
-    """m of Eq. 5 when not given: the median Eq. 4 distance between real images of different
-    identities (so the hinge pushes reconstructions of different identities at least as far
-    apart as typical real images are)."""
+def biject_margin_from_data(flow, images_unit, labels, max_images=512, reading="spatial",
+                            prior_table=None):
+    """m of Eq. 5 when not given: the median Eq. 4 distance (under `reading`) between real
+    images of different identities (so the hinge pushes reconstructions of different identities
+    at least as far apart as typical real images are)."""
     x = images_unit[:max_images]
     z = flow.forward(flow_input(tf.constant(x)))[0]
-    mu, sigma = losses.latent_gaussian_stats(z)
-    d = losses.pairwise_w2_diag(mu, sigma).numpy()
+    summary = losses.latent_summary(z, reading)
+    d = losses.pairwise_summary_w2(summary, summary, reading).numpy()
     lab = labels[:max_images]
+    if reading == "latent" and prior_table is not None:
+        d = d + prior_table[lab[:, None], lab[None, :]]
     different = lab[:, None] != lab[None, :]
     return float(np.median(d[different]))
+
+
+def prior_table_for(prior, reading, flow):
+    """The "latent" reading's [K, K] covariance term between identity priors
+    (`losses.prior_w2_table`), or None for the other readings or without a prior."""
+    if reading != "latent" or prior is None:
+        return None
+    if prior.covariance != "diag":
+        raise ValueError("--biject_reading=latent needs H's diagonal class priors "
+                         "(--flow_covariance=diag)")
+    positions = int(np.prod(flow.latent_shape[:-1]))
+    return losses.prior_w2_table(np.exp(prior.log_scales.numpy()), positions)
 
 
 class GanTrainer:
     """Holds G, G_ema, D, their optimizers and the frozen F^S and H; trains phase by phase."""
 
     def __init__(self, run_dir, strategy, cfg: GanConfig, images, features, labels,
-                 student=None, flow=None, name="gan"):
+                 student=None, flow=None, name="gan", prior=None):
+        losses.check_biject_reading(cfg.biject_reading)
         self.cfg = cfg
         self.strategy = strategy
         self.images, self.features = images, features.astype(np.float32)
@@ -200,9 +217,18 @@ class GanTrainer:
             "d_optimizer": self.d_opt, "feature_mean": self.feature_mean,
             "feature_std": self.feature_std})
         self.margin = cfg.biject_margin
+        table = prior_table_for(prior, cfg.biject_reading, flow) if cfg.use_biject else None
+        self.prior_table = None
+        if table is not None:
+            if self.labels.max() >= table.shape[0]:
+                raise ValueError(f"--biject_reading=latent: label {self.labels.max()} has no "
+                                 f"prior in H ({table.shape[0]} identities)")
+            with strategy.scope():
+                self.prior_table = tf.Variable(table, trainable=False, name="prior_w2_table")
         if cfg.use_biject and self.margin < 0:
             self.margin = biject_margin_from_data(flow, uint8_to_unit(images).numpy(),
-                                                  self.labels)
+                                                  self.labels, reading=cfg.biject_reading,
+                                                  prior_table=table)
         rng = np.random.default_rng(cfg.seed)
         self.preview_idx = rng.choice(len(images), 16, replace=False)
         self.preview_v = rng.standard_normal((16, cfg.latent_dim)).astype(np.float32)
@@ -285,7 +311,9 @@ class GanTrainer:
                     z_fake = flow.forward(flow_input(fake_up))[0]
                     z_real = (data["target_flow"] if cached
                               else flow.forward(flow_input(real_up))[0])
-                    biject = losses.biject_loss(z_fake, z_real, labels, margin)
+                    biject = losses.biject_loss(z_fake, z_real, labels, margin,
+                                                reading=cfg.biject_reading,
+                                                prior_table=self.prior_table)
                     total += weights[0] * biject
                     out["biject"] = tf.reduce_sum(biject) / batch
                 g_loss = tf.nn.compute_average_loss(total, global_batch_size=batch)

@@ -254,7 +254,7 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
     gan_set, gan_features = pick["gan"]
     trainer = GanTrainer(run_dir, strategy, cfg.gan, gan_set.images, gan_features, gan_set.labels,
                          student=student if cfg.gan.use_distill else None,
-                         flow=flow if cfg.gan.use_biject else None)
+                         flow=flow if cfg.gan.use_biject else None, prior=prior)
     trainer.train(stop_after_steps=cfg.stop_after_steps, **loop_kwargs)
     seconds["gan"] = _stage_seconds(run_dir, "gan")
 
@@ -613,7 +613,7 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
             trainers[name] = GanTrainer(
                 ctx.run_dir, ctx.strategy, dataclasses.replace(gan_cfg, use_biject=biject),
                 gan_set.images, gan_features, gan_set.labels, student=ctx.student,
-                flow=ctx.flow if biject else None,
+                flow=ctx.flow if biject else None, prior=ctx.prior,
                 name=("gan" if biject else "gan_without_biject") + suffix)
             trainers[name].train(**ctx.loop_kwargs)
         seed_metrics, seed_points = _figure3_measures(cfg, ctx, trainers, latents_of)
