@@ -20,7 +20,8 @@ class MatcherConfig:
     http_format: str = "json"
     timeout: float = 30.0
     retries: int = 3            # http: retries with exponential backoff
-    query_budget: int = 0       # http: images it may send in this process (0: no limit)
+    query_budget: int = 0       # http: images it may send, over every process (0: no limit)
+    headers: list = dataclasses.field(default_factory=list)   # http: Name:env:VAR/Name:file:PATH
     input_size: int = 0         # the matcher's input size when it cannot say (0: the crops')
     input_range: str = "minus1_1"   # keras/savedmodel: what pixel range the model expects
     layout: str = ""            # onnx: nchw/nhwc (empty: read from the model)

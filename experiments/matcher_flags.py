@@ -12,7 +12,12 @@ flags.DEFINE_integer("matcher_embedding_dim", 0, "http: length of the returned v
 flags.DEFINE_enum("matcher_http_format", "json", ["json", "npy"], "http: request format.")
 flags.DEFINE_float("matcher_timeout", 30.0, "http: seconds per request.")
 flags.DEFINE_integer("matcher_retries", 3, "http: retries (exponential backoff) per request.")
-flags.DEFINE_integer("matcher_query_budget", 0, "http: images it may send (0: no limit).")
+flags.DEFINE_integer("matcher_query_budget", 0, "http: images it may send, over every run "
+                     "sharing its feature store (0: no limit).")
+flags.DEFINE_multi_string("matcher_header", [], "http: a header sent with every request, its "
+                          "secret value read at start from an environment variable or a file: "
+                          "Name:env:VAR or Name:file:PATH (repeatable; the value is never "
+                          "written to config.json, logs or errors).")
 flags.DEFINE_integer("matcher_input_size", 0, "The matcher's input size when it cannot say "
                      "(0: the aligned crops').")
 flags.DEFINE_enum("matcher_input_range", "minus1_1", ["minus1_1", "zero_1", "raw", "arcface"],
@@ -59,4 +64,13 @@ def matcher_config(**extra):
                          input_range=FLAGS.matcher_input_range, layout=FLAGS.matcher_layout,
                          mean=FLAGS.matcher_mean, std=FLAGS.matcher_std,
                          channel_order=FLAGS.matcher_channel_order, chip=FLAGS.dlib_chip,
-                         num_jitters=FLAGS.dlib_jitters, **extra)
+                         num_jitters=FLAGS.dlib_jitters, headers=_http_headers(), **extra)
+
+
+def _http_headers():
+    """The --matcher_header specs (no secret in them), after refusing a --matcher_url with
+    credentials in it: before config.json or any log line can hold it."""
+    if FLAGS.matcher_url:
+        from dibigan_tf.matchers.http import check_url
+        check_url(FLAGS.matcher_url)
+    return list(FLAGS.matcher_header)

@@ -43,10 +43,12 @@ def open_matcher(mc, image_shape) -> Matcher:
                                "vectors the service returns)")
         from dibigan_tf.matchers.http import HttpMatcher
         size = mc.input_size or image_size
+        from dibigan_tf.matchers.http import resolve_headers
         return HttpMatcher(mc.url, input_shape=(size, size, channels),
                            embedding_dim=mc.embedding_dim,
                            format=mc.http_format, timeout=mc.timeout,
-                           retries=mc.retries, query_budget=mc.query_budget)
+                           retries=mc.retries, query_budget=mc.query_budget,
+                           headers=resolve_headers(mc.headers))
     if name == "lenet":
         raise MatcherError("the lenet matcher is trained by the digits pipeline, not opened")
     raise MatcherError(f"unknown matcher {name!r}; choose from {MATCHERS}")

@@ -2,9 +2,18 @@
 
 Features are kept on disk in shards (`<root>/<matcher.store_key>/shard-NNNNN.npz`, each holding the
 SHA-1 of the image bytes and the embedding), reused by every stage and every later run. Queries go
-out in chunks and each answered chunk is written as a shard before the next is sent, so an
-interrupted extraction resumes where it stopped and a matcher that fails mid-way loses nothing it
-already answered. Queries are counted in `<root>/<matcher key>/queries.json`.
+out in chunks (at most one request of the matcher's, `request_batch`, when it has one: the HTTP
+matcher) and each answered chunk is written as a shard before the next is sent, so an interrupted
+extraction resumes where it stopped and a matcher that fails mid-way loses at most the chunk in
+flight. A shard that no longer reads is set aside (`.damaged`) and only its images are asked
+again.
+
+`<root>/<matcher key>/queries.json` counts, over every process: `queries`, every image sent to
+the matcher (retries and failed requests included: a failed request may still have reached, and
+been billed by, the service), `answered`, the images answered and stored, and `retried`, the
+images sent again by retries. A matcher with an `on_send` hook (HTTP) has each request counted
+before it leaves, and learns what earlier processes sent (`budget_spent_before`), so its query
+budget holds across processes.
 """
 from __future__ import annotations
 
@@ -50,6 +59,10 @@ class FeatureStore:
         self._index = {}
         self._rows = []
         self.session_queries = 0
+        if hasattr(matcher, "on_send"):
+            matcher.on_send = self._sent
+            matcher.budget_spent_before = max(
+                0, self.total_queries - int(getattr(matcher, "queries_sent", 0)))
         for shard in sorted(glob.glob(os.path.join(self.dir, "shard-*.npz"))):
             try:
                 with np.load(shard) as data:
@@ -76,21 +89,41 @@ class FeatureStore:
                    if os.path.basename(p)[len("shard-"):].split(".")[0].isdigit()]
         return os.path.join(self.dir, f"shard-{max(numbers, default=-1) + 1:05d}.npz")
 
-    @property
-    def total_queries(self) -> int:
+    def counts(self) -> dict:
+        """{"queries": images sent, "answered": images answered, "retried": images sent again
+        by retries}, over every process (a file from before `answered` was kept: all answered)."""
         path = os.path.join(self.dir, "queries.json")
         if not os.path.exists(path):
-            return 0
+            return {"queries": 0, "answered": 0, "retried": 0}
         with open(path) as handle:
-            return int(json.load(handle)["queries"])
+            saved = json.load(handle)
+        sent = int(saved["queries"])
+        return {"queries": sent, "answered": int(saved.get("answered", sent)),
+                "retried": int(saved.get("retried", 0))}
 
-    def _count(self, n):
-        self.session_queries += n
+    @property
+    def total_queries(self) -> int:
+        """Images ever sent to the matcher through this store (retries included)."""
+        return self.counts()["queries"]
+
+    @property
+    def total_answered(self) -> int:
+        return self.counts()["answered"]
+
+    def _add(self, **counts):
+        state = self.counts()
+        for key, value in counts.items():
+            state[key] += int(value)
+        state["matcher"] = self.matcher.name
         path = os.path.join(self.dir, "queries.json")
-        total = self.total_queries + n
         with open(path + ".tmp", "w") as handle:
-            json.dump({"queries": total, "matcher": self.matcher.name}, handle)
+            json.dump(state, handle)
         os.replace(path + ".tmp", path)
+
+    def _sent(self, n, retry=False):
+        """The matcher's hook: n images are about to be sent."""
+        self.session_queries += n
+        self._add(queries=n, retried=n if retry else 0)
 
     def __len__(self):
         return len(self._rows)
@@ -104,17 +137,24 @@ class FeatureStore:
                 missing.append(i)
                 seen.add(k)
         start = time.time()
-        for c in range(0, len(missing), self.chunk_size):
-            chunk = missing[c:c + self.chunk_size]
-            feats = self.matcher.embed(images[chunk])  # validates shape and finiteness
+        step = min(self.chunk_size, int(getattr(self.matcher, "request_batch", 0) or
+                                        self.chunk_size))
+        hooked = getattr(self.matcher, "on_send", None) == self._sent
+        for c in range(0, len(missing), step):
+            chunk = missing[c:c + step]
+            try:
+                feats = self.matcher.embed(images[chunk])  # validates shape and finiteness
+            finally:
+                if not hooked:   # a matcher without the hook: its images count when handed over
+                    self._sent(len(chunk))
             shard = self._next_shard()
             chunk_keys = np.array([keys[i] for i in chunk])
             _atomic_savez(shard, keys=chunk_keys, features=feats)
-            self._count(len(chunk))
+            self._add(answered=len(chunk))
             for k, f in zip(chunk_keys, feats):
                 self._index[bytes(k)] = len(self._rows)
                 self._rows.append(f)
             if self.progress:
-                self.progress(min(c + self.chunk_size, len(missing)), len(missing),
+                self.progress(min(c + step, len(missing)), len(missing),
                               time.time() - start)
         return np.stack([self._rows[self._index[k]] for k in keys]).astype(np.float32)

@@ -378,9 +378,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with srv.lock:
             index = len(srv.log)
             srv.log.append(len(images))
+            srv.headers_seen.append(self.headers.get("X-Api-Key"))
         action = srv.script(index)
-        if isinstance(action, int):
-            return self._reply(action, b"error " + str(action).encode() + b": bad image size")
+        if isinstance(action, int):   # the body echoes the key, as a careless service might
+            return self._reply(action, b"error " + str(action).encode() + b": bad image size " +
+                               str(self.headers.get("X-Api-Key")).encode())
         if action == "sleep":
             time.sleep(2.0)
         emb = _server_embedding(images.astype(np.uint8))
@@ -388,6 +390,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             emb = emb[:, :-1]
         elif action == "wrong_rows":
             emb = emb[:-1]
+        elif action == "nan":
+            emb[-1, 0] = np.nan
         elif action == "garbage":
             return self._reply(200, b"<html>hello</html>", "text/html")
         if is_npy:
@@ -407,6 +411,7 @@ def serve():
     def start(script=lambda i: "ok"):
         srv = _Server(("127.0.0.1", 0), _Handler)
         srv.script, srv.log, srv.lock = script, [], threading.Lock()
+        srv.headers_seen = []
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
         return f"http://127.0.0.1:{srv.server_address[1]}/embed", srv.log
@@ -542,3 +547,119 @@ def test_http_store_key_and_arguments():
         _http("ftp://example.org/")
     with pytest.raises(MatcherError, match="format"):
         _http("http://127.0.0.1:1/", format="xml")
+
+
+# ------------------------------------------------------------------------------------------------
+# HTTP: answers kept per request, every image sent counted, budget across processes, secrets
+# ------------------------------------------------------------------------------------------------
+def _queries(store):
+    with open(os.path.join(store.dir, "queries.json")) as handle:
+        return json.load(handle)
+
+
+def _http_warnings(monkeypatch):
+    import dibigan_tf.matchers.http as http_module
+    seen = []
+    monkeypatch.setattr(http_module.logging, "warning", lambda msg, *a: seen.append(msg % a))
+    return seen
+
+
+@pytest.mark.parametrize("failure", [400, "nan"])
+def test_http_store_keeps_every_answered_request(serve, tmp_path, failure):
+    """A request that fails (an error status, or an answer with a NaN row) loses only its own
+    images: the requests answered before it are stored, and queries.json counts every image
+    sent, the failed request's too, next to the images answered."""
+    url, log = serve(lambda i: failure if i == 3 else "ok")
+    images = _pixels((20, *SHAPE))
+    matcher = _http(url, batch_size=4)
+    store = FeatureStore(str(tmp_path), matcher)        # chunk_size 1000, requests of 4
+    with pytest.raises(MatcherError):
+        store.features(images)
+    assert log == [4, 4, 4, 4]
+    assert _queries(store)["queries"] == 16 and _queries(store)["answered"] == 12
+    again = FeatureStore(str(tmp_path), _http(url, batch_size=4))
+    assert len(again) == 12
+    url2, log2 = serve()
+    resumed = FeatureStore(str(tmp_path), _http(url2, batch_size=4), key=matcher.store_key)
+    np.testing.assert_allclose(resumed.features(images), _server_embedding(images), rtol=1e-6)
+    assert log2 == [4, 4]                                # only the 8 unanswered images
+    assert _queries(resumed)["queries"] == 24 and _queries(resumed)["answered"] == 20
+
+
+def test_http_retries_are_counted_and_logged(serve, tmp_path, monkeypatch):
+    url, log = serve(lambda i: 503 if i == 1 else "ok")
+    warnings = _http_warnings(monkeypatch)
+    store = FeatureStore(str(tmp_path), _http(url, batch_size=4, retries=2))
+    store.features(_pixels((8, *SHAPE)))
+    assert log == [4, 4, 4]
+    assert _queries(store) == {"queries": 12, "answered": 8, "retried": 4, "matcher": "http"}
+    assert store.total_queries == 12 and store.session_queries == 12
+    assert len(warnings) == 1 and "attempt 1 of 3 failed (HTTP 503" in warnings[0]
+    assert "retrying 4 images" in warnings[0]
+
+
+def test_http_query_budget_holds_across_processes(serve, tmp_path):
+    """Each "process" is a new matcher and a new store on the same folder: the budget counts
+    what the earlier ones sent (queries.json), retries included."""
+    url, log = serve(lambda i: 503 if i == 0 else "ok")
+    first = FeatureStore(str(tmp_path), _http(url, batch_size=4, query_budget=10))
+    first.features(_pixels((4, *SHAPE), seed=1))           # one retry: 8 images sent
+    assert log == [4, 4] and first.total_queries == 8
+    second = FeatureStore(str(tmp_path), _http(url, batch_size=4, query_budget=10))
+    with pytest.raises(MatcherError, match=r"8 of 10 images used \(8 by earlier runs\), 2 left"):
+        second.features(_pixels((4, *SHAPE), seed=2))
+    assert log == [4, 4]                                   # nothing sent
+    second.features(_pixels((2, *SHAPE), seed=3))          # exactly the budget
+    third = FeatureStore(str(tmp_path), _http(url, batch_size=4, query_budget=10))
+    with pytest.raises(MatcherError, match="10 of 10 images used"):
+        third.features(_pixels((1, *SHAPE), seed=4))
+    assert sum(log) == 10
+
+
+def test_http_header_secret_from_env_or_file_never_shown(serve, tmp_path, monkeypatch):
+    from dibigan_tf.matchers.http import resolve_headers
+    secret = "s3cr3t-Key-0123456789"
+    monkeypatch.setenv("TEST_MATCHER_KEY", secret)
+    (tmp_path / "key.txt").write_text(secret + "\n")
+    for spec in ("X-Api-Key:env:TEST_MATCHER_KEY", f"X-Api-Key:file:{tmp_path / 'key.txt'}"):
+        url, log = serve(lambda i: 503 if i == 0 else 400)
+        warnings = _http_warnings(monkeypatch)
+        matcher = _http(url, retries=1, headers=resolve_headers([spec]))
+        with pytest.raises(MatcherError) as info:
+            matcher.embed(_pixels((2, *SHAPE)))
+        srv_seen = log and True
+        assert srv_seen
+        # the server got the key; the error (whose body echoes it), the retry log and the
+        # matcher's repr do not show it
+        assert secret not in str(info.value) and "***" in str(info.value)
+        assert warnings and all(secret not in w for w in warnings)
+        assert secret not in repr(matcher) and "X-Api-Key" in repr(matcher)
+        # the store key is the URL's alone: another key (or none) keeps the stored answers
+        assert matcher.store_key == _http(url).store_key
+    for bad, message in ((["X-Api-Key:" + secret], "expected Name:env:VAR"),
+                         (["X-Api-Key:env:NOT_SET_ANYWHERE_42"], "NOT_SET_ANYWHERE_42 is not set"),
+                         ([f"X-Api-Key:file:{tmp_path / 'missing'}"], "cannot read it")):
+        with pytest.raises(MatcherError, match=message) as info:
+            resolve_headers(bad)
+        assert secret not in str(info.value)
+
+
+def test_http_header_reaches_the_server(serve, monkeypatch):
+    from dibigan_tf.matchers.http import resolve_headers
+    monkeypatch.setenv("TEST_MATCHER_KEY", "abc123")
+    url, log = serve()
+    _http(url, headers=resolve_headers(["X-Api-Key:env:TEST_MATCHER_KEY"])).embed(
+        _pixels((1, *SHAPE)))
+    assert log == [1]
+
+
+def test_http_credentials_in_the_url_are_refused_and_redacted():
+    from dibigan_tf.matchers.http import redact_url
+    for url in ("http://user:hunter2pass@127.0.0.1:1/embed",
+                "http://127.0.0.1:1/embed?api_key=hunter2pass",
+                "https://127.0.0.1:1/embed?model=a&access_token=hunter2pass"):
+        with pytest.raises(MatcherError, match="--matcher_header") as info:
+            _http(url)
+        assert "hunter2pass" not in str(info.value) and "***" in str(info.value)
+        assert "hunter2pass" not in redact_url(url)
+    _http("http://127.0.0.1:1/embed?model=arcface")          # an ordinary parameter is fine
