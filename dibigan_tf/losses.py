@@ -1,4 +1,5 @@
-"""The paper's losses, Eq. 4-9, as small pure functions of tensors.
+"""The paper's losses, Eq. 4-9 and H's negative log-likelihood, as small pure functions of
+tensors.
 
 Conventions: every function returns a per-example loss of shape [batch] (or a scalar where the
 quantity is a batch statistic, said in its docstring), so that a distributed training step can
@@ -315,3 +316,40 @@ def gradient_penalty(critic, real, fake, epsilon):
     norms = tf.sqrt(tf.reduce_sum(tf.square(tf.reshape(grads, [tf.shape(grads)[0], -1])), -1)
                     + 1e-12)
     return tf.square(norms - 1.0)
+
+
+def critic_loss(real_scores, fake_scores, penalty, gp_weight=10.0, drift=0.001):
+    """Eq. 9 per example: D(fake) - D(real) + gp_weight * (||grad D(x^)|| - 1)^2, with PO-GAN's
+    drift term (`critic_wgan`); `penalty` from `gradient_penalty`."""
+    return critic_wgan(real_scores, fake_scores, drift) + gp_weight * penalty
+
+
+#: the terms of Eq. 8, in the order they are summed
+GENERATOR_TERMS = ("adversarial", "recon", "distill", "biject")
+
+
+def generator_loss(terms, weights):
+    """Eq. 8 per example: L_G = lambda_b L_biject + lambda_d L_distill + lambda_adv L_adv +
+    lambda_r L_recon.
+
+    terms: the per-example losses that are on, by name (GENERATOR_TERMS: "biject", "distill",
+    "adversarial", "recon"); a term that is off is left out. weights: lambda of each name
+    (numbers or scalar tensors; section 3.4's exponential weighting gives them per stage).
+    """
+    unknown = set(terms) - set(GENERATOR_TERMS)
+    if unknown:
+        raise ValueError(f"unknown Eq. 8 terms {sorted(unknown)}; choose from {GENERATOR_TERMS}")
+    total = None
+    for name in GENERATOR_TERMS:
+        if name in terms:
+            term = weights[name] * terms[name]
+            total = term if total is None else total + term
+    if total is None:
+        raise ValueError("Eq. 8 needs at least one term")
+    return total
+
+
+def flow_nll(log_prior, log_det_jacobian):
+    """H's training loss (section 3.2) per example, in nats: -[log p_z(H(x), k) +
+    log|det dH/dx|], the change of variables with the identity's prior Gaussian."""
+    return -(log_prior + log_det_jacobian)

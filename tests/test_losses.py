@@ -146,3 +146,26 @@ def test_critic_recon_and_adversarial_terms():
     b = tf.constant([[[[0.0]], [[1.0]]]])
     # |1 - 0| + |-1 - 1| = 3 over 2 pixels
     np.testing.assert_allclose(losses.reconstruction_l1(a, b).numpy(), [1.5])
+
+
+def test_generator_loss_eq8_is_the_weighted_sum_of_the_terms_present():
+    terms = {"biject": tf.constant([1.0, 2.0]), "distill": tf.constant([3.0, 0.5]),
+             "adversarial": tf.constant([-1.0, 4.0]), "recon": tf.constant([0.25, 0.75])}
+    lambdas = {"biject": 0.001, "distill": 2.0, "adversarial": 0.5, "recon": 10.0}
+    want = [0.001 * 1 + 2 * 3 + 0.5 * -1 + 10 * 0.25, 0.001 * 2 + 2 * 0.5 + 0.5 * 4 + 10 * 0.75]
+    np.testing.assert_allclose(losses.generator_loss(terms, lambdas).numpy(), want, rtol=1e-6)
+    # a term that is off is left out, whatever its weight
+    only = {k: terms[k] for k in ("adversarial", "recon")}
+    np.testing.assert_allclose(losses.generator_loss(only, lambdas).numpy(),
+                               [0.5 * -1 + 10 * 0.25, 0.5 * 4 + 10 * 0.75], rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown Eq. 8 terms"):
+        losses.generator_loss({"pixels": terms["recon"]}, lambdas)
+
+
+def test_critic_loss_eq9_and_flow_nll():
+    real, fake, gp = tf.constant([1.0, -2.0]), tf.constant([0.5, 3.0]), tf.constant([0.1, 0.0])
+    # D(fake) - D(real) + drift * D(real)^2 + gp_weight * gp
+    want = [0.5 - 1.0 + 0.001 * 1.0 + 10 * 0.1, 3.0 + 2.0 + 0.001 * 4.0]
+    np.testing.assert_allclose(losses.critic_loss(real, fake, gp).numpy(), want, rtol=1e-6)
+    np.testing.assert_allclose(losses.flow_nll(tf.constant([-3.0]), tf.constant([1.5])).numpy(),
+                               [1.5])

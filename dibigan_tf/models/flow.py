@@ -59,6 +59,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from dibigan_tf.keras_compat import keras
+from dibigan_tf import losses
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -840,7 +841,7 @@ def nll_loss(flow: Flow, prior: ClassConditionalGaussianPrior, x, labels=None):
     uniform mixture over classes (`ClassConditionalGaussianPrior.mixture_log_prob`) is used."""
     z, log_det = flow.forward(x)
     log_pz = prior.mixture_log_prob(z) if labels is None else prior.log_prob(z, labels)
-    return -(log_pz + log_det)
+    return losses.flow_nll(log_pz, log_det)
 
 
 def bits_per_dim(nll_nats, num_dims: int, num_bins: int = 256):

@@ -248,7 +248,6 @@ class GanTrainer:
         def replica_step(data, alpha, weights):
             real_full = uint8_to_unit(data["images"])
             f, labels = self.condition(data["features"]), data["labels"]
-            n = tf.shape(real_full)[0]
             # v, the interpolation eps of Eq. 9 and the condition noise come with the batch
             # (noise_spec): the same draws on one device or split over replicas
             if cfg.condition_noise > 0:
@@ -267,7 +266,7 @@ class GanTrainer:
                 eps = data["noise_eps"]
                 gp = losses.gradient_penalty(lambda x: D(x, stage=stage, alpha=alpha,
                                                          training=True), real, fake, eps)
-                d_ex = losses.critic_wgan(d_real, d_fake, cfg.drift) + cfg.gp_weight * gp
+                d_ex = losses.critic_loss(d_real, d_fake, gp, cfg.gp_weight, cfg.drift)
                 d_loss = tf.nn.compute_average_loss(d_ex, global_batch_size=batch)
                 d_scaled = precision.scale_loss(self.d_opt, d_loss)
             self.d_opt.apply_gradients(zip(
@@ -279,16 +278,14 @@ class GanTrainer:
                    "wasserstein": tf.reduce_sum(d_real - d_fake) / batch}
             with tf.GradientTape() as tape:
                 fake = G(v, f, stage=stage, alpha=alpha, training=True)
-                total = tf.zeros([n])
+                terms = {}
                 if cfg.use_adv:
-                    adv = losses.generator_adversarial(D(fake, stage=stage, alpha=alpha,
-                                                         training=True))
-                    total += weights[2] * adv
-                    out["adv"] = tf.reduce_sum(adv) / batch
+                    terms["adversarial"] = losses.generator_adversarial(
+                        D(fake, stage=stage, alpha=alpha, training=True))
+                    out["adv"] = tf.reduce_sum(terms["adversarial"]) / batch
                 if cfg.use_recon:
-                    recon = losses.reconstruction_l1(fake, real)
-                    total += cfg.recon_weight * weights[3] * recon
-                    out["recon_l1"] = tf.reduce_sum(recon) / batch
+                    terms["recon"] = losses.reconstruction_l1(fake, real)
+                    out["recon_l1"] = tf.reduce_sum(terms["recon"]) / batch
                 if cfg.use_distill or cfg.use_biject:
                     fake_up = resize_nearest(fake, full)
                     if not cached:
@@ -303,7 +300,7 @@ class GanTrainer:
                         s_fake[:-1], s_real[:-1], s_fake[-1], s_real[-1],
                         tap_weights=[cfg.tap_weight] * (len(s_fake) - 1),
                         embedding_weight=cfg.embedding_weight)
-                    total += weights[1] * distill
+                    terms["distill"] = distill
                     out["distill"] = tf.reduce_sum(distill) / batch
                     cos = 1.0 - tf.sqrt(losses.cosine_distill_loss(s_real[-1], s_fake[-1]))
                     out["student_cosine"] = tf.reduce_sum(cos) / batch
@@ -314,8 +311,11 @@ class GanTrainer:
                     biject = losses.biject_loss(z_fake, z_real, labels, margin,
                                                 reading=cfg.biject_reading,
                                                 prior_table=self.prior_table)
-                    total += weights[0] * biject
+                    terms["biject"] = biject
                     out["biject"] = tf.reduce_sum(biject) / batch
+                lambdas = {"biject": weights[0], "distill": weights[1],
+                           "adversarial": weights[2], "recon": cfg.recon_weight * weights[3]}
+                total = losses.generator_loss(terms, lambdas)
                 g_loss = tf.nn.compute_average_loss(total, global_batch_size=batch)
                 g_scaled = precision.scale_loss(self.g_opt, g_loss)
             self.g_opt.apply_gradients(zip(
