@@ -8,7 +8,7 @@ where it stopped (finished stages are loaded, the interrupted one continues from
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -226,12 +226,17 @@ def main(argv):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.cpu_replicas)
-    cfg = build_config()
     from dibigan_tf.data.digits import DataError
     from dibigan_tf.matchers.base import MatcherError
     from dibigan_tf.training.common import StopRequested, TrainingError
-    from dibigan_tf.training.pipeline import (run_align, run_blackbox, run_features,
-                                             run_figure3, run_flow, run_student)
+    from dibigan_tf.training.pipeline import (check_config, run_align, run_blackbox,
+                                             run_features, run_figure3, run_flow, run_student)
+    try:
+        cfg = build_config()
+        check_config(cfg, FLAGS.stage)   # every check that needs no data, before any work
+    except (MatcherError, TrainingError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         metrics = {"flow": run_flow, "figure3": run_figure3, "all": run_blackbox,
                    "student": run_student, "features": run_features,
@@ -240,8 +245,7 @@ def main(argv):
         print(f"stopped: {stop}")
         return 3
     except (DataError, MatcherError, TrainingError) as error:
-        logging.error("%s", error)
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)   # once (absl's log would print it again)
         return 2
     keys = ("real_verification_accuracy", "recon_verification_accuracy",
             "recon_class_agreement", "feature_cosine_mean", "flow_bits_per_dim",

@@ -71,9 +71,8 @@ def load_dataset(cfg: RunConfig, run_dir: str):
     if os.path.exists(split_path):
         with open(split_path) as handle:
             if json.load(handle) != split:
-                raise TrainingError(f"{split_path} records another train/held-out split (a "
-                                    f"different seed, holdout size or image folder); use "
-                                    f"another --run_name")
+                _replace_split(cfg, run_dir, split_path)
+                _save_json(split_path, split)
     else:
         _save_json(split_path, split)
     if cfg.dataset == "digits":
@@ -81,6 +80,73 @@ def load_dataset(cfg: RunConfig, run_dir: str):
     # Face identities are split whole: each side gets its own label range 0..K-1 (H's class
     # priors are over the training people only).
     return _relabel(data.subset(train_idx)), _relabel(data.subset(held_idx))
+
+
+def _replace_split(cfg: RunConfig, run_dir: str, split_path: str):
+    """The run's recorded split differs from the one its flags give now. Nothing trained on the
+    old split yet: the new one replaces it (a warning). Otherwise a TrainingError naming exactly
+    what to delete: the stages trained on the old split (the aligned crops and, for a matcher
+    opened from a file or service, the stored features do not depend on it and are kept)."""
+    trained = []
+    for name in sorted(os.listdir(run_dir)):
+        path = os.path.join(run_dir, name)
+        if not os.path.isdir(path):
+            continue
+        depends = (name in ("matcher", "student", "flow", "report") or name.startswith("gan")
+                   or (name == "features" and cfg.matcher.name == "lenet"))
+        if depends and (os.listdir(path)):
+            trained.append(path)
+    if trained:
+        raise TrainingError(f"{split_path} records another train/held-out split (a different "
+                            f"seed, held-out share, image folder or --max_train_images) and "
+                            f"{len(trained)} stage(s) trained on it; to train this run on the new "
+                            f"split delete {split_path} and {' '.join(trained)} (aligned crops and "
+                            f"stored features are kept), or give another --run_name")
+    logging.warning("%s: the split changed, and no stage has trained on the old one yet: the "
+                    "new split replaces it", split_path)
+
+
+#: fewest training images a run trains on (G's progress grid shows 16 distinct training images)
+MIN_TRAIN_IMAGES = 16
+
+
+def check_config(cfg: RunConfig, stage: str = "all"):
+    """Every check of the flags that needs no data, run before anything is aligned, queried or
+    trained: a TrainingError with a one-line reason."""
+    if cfg.dataset != "digits" and not 0.0 < cfg.heldout_fraction < 1.0:
+        raise TrainingError(f"--heldout_fraction={cfg.heldout_fraction}: must be between 0 and 1 "
+                            f"(the share of the people held out)")
+    g = cfg.gan
+    sizes = {"--student_batch_size": [cfg.student.batch_size],
+             "--flow_batch_size": [cfg.flow.batch_size],
+             "--base_batch_size": [g.base_batch_size],
+             "--batch_sizes": list(g.batch_sizes or [])}
+    for flag, values in sizes.items():
+        if any(int(v) <= 0 for v in values):
+            raise TrainingError(f"{flag}={','.join(str(v) for v in values)}: batch sizes must be "
+                                f"positive")
+    if cfg.image_size < 0:
+        raise TrainingError(f"--image_size={cfg.image_size}: must be positive (or 0: the data's)")
+    if stage in ("all", "figure3"):
+        size = cfg.image_size or (32 if cfg.dataset == "digits" else cfg.align_size)
+        last = g.start_resolution * 2 ** (g.num_blocks - 1)
+        if last != size:
+            raise TrainingError(f"G's last stage is {last}x{last} (--start_resolution="
+                                f"{g.start_resolution}, --num_blocks={g.num_blocks}) but the images "
+                                f"are {size}x{size} (--image_size); make them equal")
+        if min(cfg.eval_positive_pairs, cfg.eval_negative_pairs) <= 0:
+            raise TrainingError("--eval_positive_pairs and --eval_negative_pairs must be positive")
+
+
+def _check_data(cfg: RunConfig, train, heldout, report: bool):
+    """The checks that need the split, run before any query or training: enough training
+    images, and (when the run ends with its report) enough held-out pairs for it."""
+    if len(train) < MIN_TRAIN_IMAGES:
+        raise TrainingError(f"only {len(train)} training images after alignment and the split; a "
+                            f"run needs at least {MIN_TRAIN_IMAGES} (add images, lower "
+                            f"--heldout_fraction or raise --max_train_images)")
+    if report and cfg.dataset != "digits":
+        _pair_counts(cfg, heldout.labels)
 
 
 def _relabel(data):
@@ -230,9 +296,10 @@ class RunContext:
 
 def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
     """Runs (or loads) every training stage of a run, in order; returns a RunContext."""
+    check_config(cfg, "all")
     _check_flow_from_run(cfg)
     run_dir, strategy, loop_kwargs = _open_run(cfg, loop_kwargs)
-    ctx = _features_stage(cfg, run_dir, strategy, loop_kwargs)
+    ctx = _features_stage(cfg, run_dir, strategy, loop_kwargs, report=True)
     seconds, heldout, pick = ctx.seconds, ctx.heldout, ctx.pick
 
     # 4. the student F^S (Eq. 6); in whitebox mode F itself takes its place (section 3.3)
@@ -344,8 +411,9 @@ def _pair_counts(cfg: RunConfig, labels):
     num = min(cfg.eval_positive_pairs, available, cfg.eval_negative_pairs)
     num -= num % 10
     if num < 10:
-        raise TrainingError(f"the held-out people allow only {available} positive pairs: hold "
-                            f"out more people (--heldout_fraction) or use more images per person")
+        raise TrainingError(f"the held-out people allow only {available} positive pairs, the "
+                            f"report needs 10: hold out more people (--heldout_fraction) or use "
+                            f"more images per person")
     return num, num
 
 
@@ -381,7 +449,8 @@ def _pairs_file_indices(path, held):
     return np.array(a, np.int64), np.array(b, np.int64), np.array(same, bool)
 
 
-def _features_stage(cfg: RunConfig, run_dir, strategy, loop_kwargs) -> RunContext:
+def _features_stage(cfg: RunConfig, run_dir, strategy, loop_kwargs,
+                    report: bool = False, training: bool = True) -> RunContext:
     """Data, the matcher F and the feature store (stages 1-3 of a run); returns a RunContext
     with train/heldout at the size F^S, H and G train on, their features, and the
     (images, features) pairs each later stage trains on (`pick`)."""
@@ -389,6 +458,8 @@ def _features_stage(cfg: RunConfig, run_dir, strategy, loop_kwargs) -> RunContex
     # 1. data
     start = time.time()
     train, heldout = load_dataset(cfg, run_dir)
+    if training:
+        _check_data(cfg, train, heldout, report)
     seconds["data"] = time.time() - start
     logging.info("%s: %d training images (%d identities), %d held-out (%d identities)",
                  cfg.dataset, len(train), len(np.unique(train.labels)), len(heldout),
@@ -465,7 +536,7 @@ def run_features(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     """Only data, F and the feature store (`train.py --stage=features`): every image is queried
     once; returns the counts."""
     run_dir, strategy, loop_kwargs = _open_run(cfg, loop_kwargs)
-    ctx = _features_stage(cfg, run_dir, strategy, loop_kwargs)
+    ctx = _features_stage(cfg, run_dir, strategy, loop_kwargs, training=False)
     return {"blackbox_queries": ctx.store.total_queries,
             "blackbox_queries_this_session": ctx.store.session_queries,
             "stored_features": len(ctx.store), "train_images": len(ctx.train),

@@ -380,6 +380,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             srv.log.append(len(images))
             srv.headers_seen.append(self.headers.get("X-Api-Key"))
         action = srv.script(index)
+        if srv.require_key and self.headers.get("X-Api-Key") != srv.require_key:
+            action = 401
         if isinstance(action, int):   # the body echoes the key, as a careless service might
             return self._reply(action, b"error " + str(action).encode() + b": bad image size " +
                                str(self.headers.get("X-Api-Key")).encode())
@@ -403,15 +405,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def serve():
-    """serve(script) starts a server on 127.0.0.1 answering request i with script(i):
+    """serve(script, require_key) starts a server on 127.0.0.1 answering request i with script(i)
+    (HTTP 401 when require_key is set and the X-Api-Key header differs):
     "ok", an HTTP status (int), "sleep", "wrong_dim", "wrong_rows" or "garbage"; returns
     (url, log), log being the number of images in each request received."""
     servers = []
 
-    def start(script=lambda i: "ok"):
+    def start(script=lambda i: "ok", require_key=None):
         srv = _Server(("127.0.0.1", 0), _Handler)
         srv.script, srv.log, srv.lock = script, [], threading.Lock()
-        srv.headers_seen = []
+        srv.headers_seen, srv.require_key = [], require_key
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
         return f"http://127.0.0.1:{srv.server_address[1]}/embed", srv.log
@@ -647,10 +650,12 @@ def test_http_header_secret_from_env_or_file_never_shown(serve, tmp_path, monkey
 def test_http_header_reaches_the_server(serve, monkeypatch):
     from dibigan_tf.matchers.http import resolve_headers
     monkeypatch.setenv("TEST_MATCHER_KEY", "abc123")
-    url, log = serve()
+    url, log = serve(require_key="abc123")
     _http(url, headers=resolve_headers(["X-Api-Key:env:TEST_MATCHER_KEY"])).embed(
         _pixels((1, *SHAPE)))
-    assert log == [1]
+    with pytest.raises(MatcherError, match="HTTP 401"):
+        _http(url).embed(_pixels((1, *SHAPE)))
+    assert log == [1, 1]
 
 
 def test_http_credentials_in_the_url_are_refused_and_redacted():

@@ -1,0 +1,136 @@
+"""Every check that can run before training does, each a one-line error: flag checks before
+anything is written, data checks before any query, a changed split either replaces the recorded
+one (nothing trained on it) or names exactly what to delete; train.py prints an error once and
+a secret in a URL never reaches config.json or the output."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dibigan_tf.config import MatcherConfig, RunConfig
+from dibigan_tf.data.digits import ImageSet
+from dibigan_tf.training import pipeline
+from dibigan_tf.training.common import TrainingError
+from dibigan_tf.training.gan import GanConfig
+from tests.matchers.test_adapters import serve  # noqa: F401  (a matcher server on 127.0.0.1)
+from tests.training.test_pipeline_resume import ROOT, TINY
+
+
+def _cfg(**kwargs):
+    gan = kwargs.pop("gan", {})
+    return RunConfig(gan=dataclasses.replace(GanConfig(), **gan), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(image_size=64), r"G's last stage is 32x32 .* images are 64x64"),
+    (dict(dataset="faces", image_size=0, gan=dict(start_resolution=8, num_blocks=4)),
+     r"G's last stage is 64x64 .* images are 150x150"),
+    (dict(dataset="faces", heldout_fraction=1.5, image_size=32), "--heldout_fraction=1.5"),
+    (dict(dataset="faces", heldout_fraction=0.0, image_size=32), "--heldout_fraction=0.0"),
+    (dict(gan=dict(batch_sizes=(16, 0, 8))), "--batch_sizes=16,0,8: batch sizes must be positive"),
+    (dict(gan=dict(batch_sizes=(16, -4, 8))), "--batch_sizes=16,-4,8"),
+    (dict(gan=dict(base_batch_size=0)), "--base_batch_size=0"),
+    (dict(eval_positive_pairs=0), "--eval_positive_pairs"),
+])
+def test_flag_checks_before_anything_runs(kwargs, message):
+    with pytest.raises(TrainingError, match=message) as info:
+        pipeline.check_config(_cfg(**kwargs), "all")
+    assert "\n" not in str(info.value)
+
+
+def test_flag_checks_follow_the_stage():
+    pipeline.check_config(_cfg(), "all")                       # the defaults pass
+    pipeline.check_config(_cfg(image_size=64), "student")      # G is not trained by it
+    cfg = _cfg(student=dataclasses.replace(RunConfig().student, batch_size=0))
+    with pytest.raises(TrainingError, match="--student_batch_size=0"):
+        pipeline.check_config(cfg, "student")
+
+
+def _set(labels):
+    labels = np.asarray(labels)
+    return ImageSet(np.zeros((len(labels), 8, 8, 1), np.uint8), labels, [str(i) for i in
+                                                                        range(labels.max() + 1)])
+
+
+def test_data_checks_before_any_query():
+    with pytest.raises(TrainingError, match="only 15 training images.*at least 16"):
+        pipeline._check_data(_cfg(), _set(np.arange(15) % 3), _set([0, 0]), report=True)
+    pipeline._check_data(_cfg(), _set(np.arange(16) % 3), _set([0, 0]), report=True)
+    # faces: the report's verification pairs among the held-out people, before anything trains
+    faces = _cfg(dataset="faces", eval_positive_pairs=100, eval_negative_pairs=100)
+    few = _set([0, 0, 1, 1, 2, 3])                              # 2 positive pairs
+    with pytest.raises(TrainingError, match="allow only 2 positive pairs, the report needs 10"):
+        pipeline._check_data(faces, _set(np.arange(20) % 4), few, report=True)
+    pipeline._check_data(faces, _set(np.arange(20) % 4), few, report=False)   # --stage=student
+
+
+def test_a_new_split_replaces_the_old_one_until_a_stage_trained_on_it(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    pipeline.load_dataset(_cfg(max_train_images=100, holdout_per_class=5), str(run))
+    first = json.loads((run / "split.json").read_text())
+    # nothing trained yet (the feature store of a file/service matcher does not depend on it)
+    (run / "features").mkdir()
+    (run / "features" / "x").write_text("")
+    cfg = _cfg(max_train_images=120, holdout_per_class=5,
+               matcher=MatcherConfig(name="http", url="http://127.0.0.1:1/"))
+    train, _ = pipeline.load_dataset(cfg, str(run))
+    assert len(train) == 120 and json.loads((run / "split.json").read_text()) != first
+    # a trained stage: the error names split.json and that stage, nothing else
+    (run / "student" / "ckpt").mkdir(parents=True)
+    (run / "flow").mkdir()                                   # empty: nothing trained
+    with pytest.raises(TrainingError) as info:
+        pipeline.load_dataset(_cfg(max_train_images=100, holdout_per_class=5,
+                                   matcher=cfg.matcher), str(run))
+    message = str(info.value)
+    assert f"delete {run / 'split.json'} and {run / 'student'} (" in message
+    assert str(run / "flow") not in message and "features" not in message.split("(")[-2]
+    assert "\n" not in message
+
+
+def _train(tmp_path, *extra, env=None):
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
+           f"--checkpoint_dir={tmp_path}", "--run_name=pre"] + TINY + list(extra)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+
+
+def test_train_py_prints_an_error_once_before_writing_anything(tmp_path):
+    run = _train(tmp_path, "--batch_sizes=16,0")
+    assert run.returncode == 2, run.stderr[-2000:]
+    lines = [line for line in run.stderr.splitlines() if "batch sizes must be positive" in line]
+    assert lines == ["error: --batch_sizes=16,0: batch sizes must be positive"]
+    assert not (tmp_path / "pre").exists()
+    # a password in the matcher URL: refused, redacted, never in config.json
+    run = _train(tmp_path, "--matcher=http", "--matcher_embedding_dim=3", "--stage=features",
+                 "--matcher_url=http://me:hunter2pass@127.0.0.1:1/embed")
+    assert run.returncode == 2 and "--matcher_header" in run.stderr
+    assert "hunter2pass" not in run.stdout + run.stderr
+    assert not (tmp_path / "pre").exists()
+
+
+def test_a_header_secret_reaches_the_service_and_nothing_else(tmp_path, serve):
+    """A real features run with --matcher_header=Name:env:VAR: every request carries the key;
+    config.json, the output and the store key never show it."""
+    secret = "k3y-from-the-environment-987"
+    url, log = serve(require_key=secret)        # 401 without the key
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
+           f"--checkpoint_dir={tmp_path}", "--run_name=web", "--stage=features",
+           "--matcher=http", f"--matcher_url={url}", "--matcher_embedding_dim=3",
+           "--matcher_header=X-Api-Key:env:TEST_MATCHER_SECRET",
+           "--max_train_images=40", "--holdout_per_class=2"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1", TEST_MATCHER_SECRET=secret))
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert sum(log) == 60
+    config = (tmp_path / "web" / "config.json").read_text()
+    assert secret not in config and "X-Api-Key:env:TEST_MATCHER_SECRET" in config
+    assert secret not in run.stdout + run.stderr
+    for root, _, files in os.walk(tmp_path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                assert secret.encode() not in handle.read(), name
