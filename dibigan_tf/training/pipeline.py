@@ -398,6 +398,14 @@ def run_student(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
         metrics[f"{prefix}student_verification_accuracy"] = stud["accuracy"]
         metrics[f"{prefix}real_tar_at_far_1e-03"] = real["tar_at_far_1e-03"]
         metrics[f"{prefix}student_tar_at_far_1e-03"] = stud["tar_at_far_1e-03"]
+    # how closely F^S's input gradients (Eq. 7's embedding term) follow those of F itself, when
+    # a differentiable copy of F exists (dlib on aligned chips: its Keras model)
+    from dibigan_tf.matchers.dlib_keras import differentiable_reference
+    from dibigan_tf.training.student import student_gradient_cosine
+    reference = differentiable_reference(ctx.matcher)
+    if reference is not None:
+        metrics.update(student_gradient_cosine(student, reference, held.images, held.labels,
+                                               seed=cfg.seed))
     _save_json(os.path.join(run_dir, "student", "metrics.json"), metrics)
     logging.info("student metrics: %s", os.path.join(run_dir, "student", "metrics.json"))
     return metrics

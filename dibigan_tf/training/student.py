@@ -111,3 +111,71 @@ def student_embed(model, images, batch_size=500):
         _EMBED_FNS[model] = fn
     return np.concatenate([fn(tf.constant(images[i:i + batch_size])).numpy()
                            for i in range(0, len(images), batch_size)])
+
+
+def student_gradient_cosine(student, reference, images, labels, *, num_images=256,
+                            batch_size=16, seed=0) -> dict:
+    """How well F^S imitates the real matcher's input gradients, on held-out images.
+
+    Eq. 7's final term, lambda_a (1 - cos(F(x~), F(x)))^2, is what pulls a reconstruction x~
+    towards the identity of x. Its gradient with respect to x~ is computed twice: through the
+    student F^S (what a blackbox run follows) and through `reference`, a differentiable copy of
+    the real matcher F (for dlib, its Keras model: `matchers.dlib_keras.differentiable_reference`;
+    what a whitebox run follows). The cosine between the two gradients (flattened, per image)
+    says how much of the whitebox signal the student recovers: 1 is the same direction, 0 none.
+
+    The images are uint8 [n, h, w, c] at the size F^S takes; `reference` sees them as whitebox
+    mode does (`WhiteboxNetwork`: resized to its input inside the graph), so both gradients live
+    on the same pixels. Each output of the networks is taken as Eq. 7 takes it (F^S's raw output,
+    in the centred space when it learnt centred targets; F's raw descriptor). Two stand-ins for
+    a reconstruction, up to `num_images` seeded held-out images x each:
+
+    - `student_gradient_cosine`: x~ = a held-out image of another person (the large-loss regime
+      of early training: which way to move a face towards x's identity);
+    - `student_gradient_cosine_blurred`: x~ = x shrunk to a quarter of its size and enlarged
+      back (bilinear): a blurred copy of the right person, as late reconstructions look.
+
+    Returns those two means, their medians (`..._median`) and `student_gradient_images`.
+    """
+    from dibigan_tf.matchers.base import WhiteboxNetwork
+    images, labels = np.asarray(images), np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.permutation(len(images))[:num_images])
+    partners = []
+    for i in pick:
+        others = np.flatnonzero(labels != labels[i])
+        partners.append(rng.choice(others) if len(others) else i)
+    partners = np.asarray(partners, np.int64)
+    whitebox = WhiteboxNetwork(reference, images.shape[1:])
+    networks = {"student": lambda x: student(x, training=False)[-1],
+                "reference": lambda x: whitebox(x)[-1]}
+    h, w = images.shape[1:3]
+
+    def blurred(x):
+        small = tf.image.resize(x, (max(h // 4, 1), max(w // 4, 1)), method="area")
+        return tf.image.resize(small, (h, w), method="bilinear")
+
+    def gradient(embed, fake, real):
+        target = tf.stop_gradient(embed(real))
+        with tf.GradientTape() as tape:
+            tape.watch(fake)
+            loss = tf.reduce_sum(losses.cosine_distill_loss(target, embed(fake)))
+        return tf.reshape(tape.gradient(loss, fake), [tf.shape(fake)[0], -1])
+
+    steps = {name: tf.function(lambda fake, real, embed=embed: gradient(embed, fake, real))
+             for name, embed in networks.items()}
+    cosines = {"": [], "_blurred": []}
+    for start in range(0, len(pick), batch_size):
+        real = uint8_to_unit(images[pick[start:start + batch_size]])
+        fakes = {"": uint8_to_unit(images[partners[start:start + batch_size]]),
+                 "_blurred": blurred(real)}
+        for key, fake in fakes.items():
+            a, b = (steps[name](fake, real).numpy().astype(np.float64)
+                    for name in ("student", "reference"))
+            norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+            cosines[key].extend(np.sum(a * b, axis=1) / np.maximum(norms, 1e-30))
+    out = {"student_gradient_images": int(len(pick))}
+    for key, values in cosines.items():
+        out[f"student_gradient_cosine{key}"] = float(np.mean(values))
+        out[f"student_gradient_cosine{key}_median"] = float(np.median(values))
+    return out

@@ -67,6 +67,9 @@ def test_student_stage_on_faces_with_dlib(tmp_path):
     assert metrics["heldout_images"] == 8 and metrics["train_images"] == 16
     assert metrics["image_size"] == 32 and metrics["matcher_input_size"] == 96
     assert -1.0 <= metrics["student_cosine_heldout"] <= 1.0
+    # F^S's input gradients against those of dlib's Keras model, on the 8 held-out chips
+    assert metrics["student_gradient_images"] == 8
+    assert -1.0 <= metrics["student_gradient_cosine"] <= 1.0
     assert 0.0 <= metrics["real_verification_accuracy"] <= 1.0
     assert 0.0 <= metrics["student_verification_accuracy"] <= 1.0
     assert metrics["pairs_file_num_pairs"] == 2       # Person_3 and Person_4 are held out; Person_0 is not
