@@ -55,7 +55,7 @@ def _pair_images(align_key_out):
     """(images uint8 [n,h,w,3], names [n], idx_a, idx_b, is_same) of the pairs."""
     import numpy as np
     from dibigan_tf.data.digits import DataError
-    from dibigan_tf.data.faces import (load_face_folders, lfw_file_name, read_lfw_pairs)
+    from dibigan_tf.data.faces import PairFiles, load_face_folders, read_lfw_pairs
     if FLAGS.pairs.endswith(".bin"):
         from dibigan_tf.data.insightface_bin import read_verification_bin
         images, same = read_verification_bin(FLAGS.pairs, max_pairs=FLAGS.max_pairs)
@@ -81,22 +81,32 @@ def _pair_images(align_key_out):
     if FLAGS.max_pairs:
         pairs = pairs[:FLAGS.max_pairs]
     base = FLAGS.data_dir
-    sub = "images" if os.path.isdir(os.path.join(base, "images")) else ""
-    wanted, index = [], {}
+    if not os.path.isdir(base):
+        raise DataError(f"--data_dir={base}: no such folder")
+    # (identity, number) -> file: LFW's <name>/<name>_NNNN.<ext>, or the number-th image of the
+    # identity's folder in natural order (any naming, any format Pillow reads)
+    find = PairFiles(base)
+    wanted, index, missing = [], {}, 0
     for n1, i1, n2, i2, _ in pairs:
         for name, number in ((n1, i1), (n2, i2)):
-            rel = os.path.join(sub, lfw_file_name(name, number))
-            if rel not in index:
+            rel = find(name, number)
+            if rel is None:
+                missing += 1
+            elif rel not in index:
                 index[rel] = len(wanted)
                 wanted.append((rel, name))
+    if not wanted:
+        raise DataError(f"every one of the {len(pairs)} pairs of {FLAGS.pairs} was dropped: none "
+                        f"of their images is under {base} (looked for <name>/<name>_NNNN.<ext> "
+                        f"and the N-th image of <name>/)")
     faces, stats = load_face_folders(base, _aligner(), _align_cache(),
                                      records=([r for r, _ in wanted], [n for _, n in wanted]))
     align_key_out.update(stats)
+    align_key_out["pair_images_missing"] = missing
     where = {p: i for i, p in enumerate(faces.paths)}
     a, b, same, dropped = [], [], [], 0
     for n1, i1, n2, i2, is_same in pairs:
-        p1 = os.path.join(sub, lfw_file_name(n1, i1))
-        p2 = os.path.join(sub, lfw_file_name(n2, i2))
+        p1, p2 = find(n1, i1), find(n2, i2)
         if p1 in where and p2 in where:
             a.append(where[p1])
             b.append(where[p2])
@@ -107,8 +117,36 @@ def _pair_images(align_key_out):
         logging.warning("%d of %d pairs dropped: an image is missing, unreadable or has no face",
                         dropped, len(pairs))
     align_key_out["pairs_dropped"] = dropped
+    if not a:
+        raise DataError(f"every one of the {len(pairs)} pairs of {FLAGS.pairs} was dropped (an "
+                        f"image missing, unreadable or without a face: {stats.get('examples')})")
     names = [faces.class_names[label] for label in faces.labels]
     return (faces.images, names, np.array(a), np.array(b), np.array(same, bool))
+
+
+#: fewer pairs than this give an accuracy too coarse to report without a warning
+MIN_REPORTED_PAIRS = 100
+
+
+def _check_pairs(same):
+    """Verification needs pairs of both kinds: refused before any query otherwise."""
+    from dibigan_tf.data.digits import DataError
+    positives, negatives = int(same.sum()), int((~same).sum())
+    if not positives or not negatives:
+        raise DataError(f"{FLAGS.pairs}: the pairs left are all "
+                        f"{'positive' if positives else 'negative'} ({positives} same-person, "
+                        f"{negatives} different-people); verification needs both kinds")
+
+
+def _pairs_used(same) -> dict:
+    """`pairs_used`, and a warning (logged and in metrics.json) under MIN_REPORTED_PAIRS."""
+    out = {"pairs_used": int(len(same))}
+    if len(same) < MIN_REPORTED_PAIRS:
+        out["warning"] = (f"only {len(same)} pairs were scored (fewer than "
+                          f"{MIN_REPORTED_PAIRS}): the accuracy moves in steps of "
+                          f"{1 / len(same):.3f} and is not a reliable figure")
+        logging.warning("%s", out["warning"])
+    return out
 
 
 def _heldout_people(run_dir):
@@ -150,6 +188,7 @@ def evaluate():
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     stats = {}
     images, names, idx_a, idx_b, same = _pair_images(stats)
+    _check_pairs(same)   # before the matcher is asked anything
     # F is opened for the aligned crops, as in training: smaller images (--image_size, G's
     # reconstructions) are resized to its input by matcher_images, so the store is the training
     # run's (same store key) and none of its answers is asked again
@@ -199,6 +238,7 @@ def evaluate():
             score, std = inception_score(recons, load_inception(FLAGS.inception_weights))
             metrics["inception_score"], metrics["inception_score_std"] = score, std
         _figure(images, recons, os.path.join(FLAGS.output_dir, "reconstructions.png"))
+    metrics.update(_pairs_used(same))
     metrics["blackbox_queries"] = store.total_queries
     metrics["blackbox_queries_this_run"] = store.session_queries
     path = os.path.join(FLAGS.output_dir, "metrics.json")

@@ -11,10 +11,14 @@ pairs are drawn from every person with two images or more (at most --max_positiv
 each, so that a few people with many photos do not fill the list), negative pairs from two
 different people, both seeded. As in LFW's files, the pairs come in 10 folds, each holding its
 share of positives then of negatives (the verification protocol's folds follow the file order).
-Images are named `<name>/<name>_NNNN.jpg`, LFW's naming; other names are skipped and counted.
+An image is numbered as `experiments/evaluate.py` finds it again: LFW's `<name>/<name>_NNNN.<ext>`
+when every file of the folder is named so, otherwise its 1-based position in the folder in
+natural order (ORL's `s1/1.pgm ... s1/10.pgm` are 1..10), any format Pillow reads. Files that are
+not images are skipped and counted. With --heldout_of, the numbers come from the identity folders
+under the run's data root (its config.json, or --data_dir), so that images the run dropped
+(no face) keep their places; only the held-out images the run kept are drawn.
 """
 import os
-import re
 import sys
 
 import numpy as np
@@ -25,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLAGS = flags.FLAGS
 flags.DEFINE_string("heldout_of", "", "A face run directory: the people of its held-out split "
                     "(split.json) and the images it kept of them.")
-flags.DEFINE_string("data_dir", "", "Or an identity-folder root: every person and image in it.")
+flags.DEFINE_string("data_dir", "", "Or an identity-folder root: every person and image in it "
+                    "(with --heldout_of: the run's data root, when its config.json has moved).")
 flags.DEFINE_string("out", "", "The pairs file to write.")
 flags.DEFINE_integer("positives", 2000, "Positive pairs (fewer if the people have fewer).")
 flags.DEFINE_integer("negatives", 20000, "Negative pairs.")
@@ -33,20 +38,53 @@ flags.DEFINE_integer("max_positives_per_person", 10, "Cap on the positive pairs 
 flags.DEFINE_integer("folds", 10, "Folds (blocks of positives then negatives).")
 flags.DEFINE_integer("seed", 0, "Seed of the draw.")
 
-_LFW_NAME = re.compile(r"^(?P<name>.+)_(?P<number>\d{4})\.(jpg|jpeg|png)$", re.IGNORECASE)
-
-
-def people_images(paths):
-    """{name: sorted image numbers} from `.../<name>/<name>_NNNN.jpg` paths; (dict, skipped)."""
+def folder_people(root):
+    """({name: sorted image numbers}, files skipped) of every identity folder under `root` (or
+    its images/ folder): numbers as `numbered_images` gives them; non-image files are skipped."""
+    from dibigan_tf.data.digits import DataError
+    from dibigan_tf.data.faces import folder_images, numbered_images
+    if not os.path.isdir(root):
+        raise DataError(f"--data_dir={root}: no such folder")
+    base = os.path.join(root, "images") if os.path.isdir(os.path.join(root, "images")) else root
     people, skipped = {}, 0
-    for path in paths:
-        parts = str(path).replace("\\", "/").split("/")
-        match = _LFW_NAME.match(parts[-1]) if len(parts) >= 2 else None
-        if match is None or match.group("name") != parts[-2]:
+    for name in sorted(os.listdir(base)):
+        folder = os.path.join(base, name)
+        if not os.path.isdir(folder):
             skipped += 1
             continue
-        people.setdefault(parts[-2], set()).add(int(match.group("number")))
-    return {name: sorted(numbers) for name, numbers in sorted(people.items())}, skipped
+        images = folder_images(folder)
+        skipped += sum(1 for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f))
+                       ) - len(images)
+        if images:
+            people[name] = sorted(numbered_images(name, images))
+    return people, skipped
+
+
+def heldout_people(paths, root=""):
+    """({name: sorted numbers}, files skipped) of a run's held-out image paths (relative to its
+    data root). Numbers come from the whole identity folder under `root` when it can be listed
+    (the evaluation numbers images the same way), else from the listed files themselves."""
+    from dibigan_tf.data.faces import folder_images, image_extensions, numbered_images
+    extensions = image_extensions()
+    kept, skipped = {}, 0
+    for path in paths:
+        parts = str(path).replace("\\", "/").split("/")
+        if len(parts) < 2 or not parts[-1].lower().endswith(extensions):
+            skipped += 1
+            continue
+        kept.setdefault(parts[-2], set()).add(parts[-1])
+    base = ""
+    if root:
+        base = os.path.join(root, "images") if os.path.isdir(os.path.join(root, "images")) \
+            else root
+    people = {}
+    for name, files in sorted(kept.items()):
+        on_disk = folder_images(os.path.join(base, name)) if base else []
+        numbering = numbered_images(name, on_disk if set(files) <= set(on_disk) else files)
+        numbers = sorted(n for n, f in numbering.items() if f in files)
+        if numbers:
+            people[name] = numbers
+    return people, skipped
 
 
 def draw_pairs(people, positives, negatives, max_per_person, seed):
@@ -62,7 +100,8 @@ def draw_pairs(people, positives, negatives, max_per_person, seed):
     pos = [candidates[i] for i in order]
     names = list(people)
     if len(names) < 2:
-        raise ValueError("negative pairs need two people or more")
+        raise ValueError(f"negative pairs need two people or more, and {len(names)} "
+                         f"{'has' if len(names) == 1 else 'have'} images")
     neg, seen = [], set()
     limit = negatives * 20
     while len(neg) < negatives and limit:
@@ -96,26 +135,37 @@ def write_pairs(path, pos, neg, folds):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.out or bool(FLAGS.heldout_of) == bool(FLAGS.data_dir):
-        raise app.UsageError("give --out and one of --heldout_of or --data_dir")
+    if not FLAGS.out or not (FLAGS.heldout_of or FLAGS.data_dir):
+        raise app.UsageError("give --out and --heldout_of or --data_dir")
     from dibigan_tf.data.digits import DataError
     from dibigan_tf.data.faces import heldout_image_paths
+    skipped = 0
     try:
         if FLAGS.heldout_of:
-            paths = heldout_image_paths(FLAGS.heldout_of)
+            root = FLAGS.data_dir or _run_data_dir(FLAGS.heldout_of)
+            people, skipped = heldout_people(heldout_image_paths(FLAGS.heldout_of), root)
         else:
-            paths = [os.path.join(d, f) for d, _, files in os.walk(FLAGS.data_dir)
-                     for f in files]
-        people, skipped = people_images(paths)
+            people, skipped = folder_people(FLAGS.data_dir)
         pos, neg = draw_pairs(people, FLAGS.positives, FLAGS.negatives,
                               FLAGS.max_positives_per_person, FLAGS.seed)
     except (DataError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error} ({skipped} file names skipped: not an image Pillow reads)",
+              file=sys.stderr)
         return 2
     write_pairs(FLAGS.out, pos, neg, FLAGS.folds)
     print(f"{FLAGS.out}: {len(pos)} positive and {len(neg)} negative pairs of {len(people)} "
-          f"people ({skipped} file names not in LFW's <name>/<name>_NNNN.jpg form skipped)")
+          f"people ({skipped} file names skipped: not an image Pillow reads)")
     return 0
+
+
+def _run_data_dir(run_dir):
+    """The data root a run was trained on (its config.json), or "" when unknown."""
+    import json
+    try:
+        with open(os.path.join(run_dir, "config.json")) as handle:
+            return json.load(handle).get("data_dir", "") or ""
+    except (OSError, ValueError):
+        return ""
 
 
 if __name__ == "__main__":

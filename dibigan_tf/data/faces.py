@@ -18,6 +18,7 @@ import dataclasses
 import glob
 import hashlib
 import os
+import re
 import time
 import warnings
 
@@ -28,6 +29,46 @@ from PIL import Image
 from dibigan_tf.data.digits import DataError, ImageSet
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+
+
+def image_extensions() -> tuple:
+    """Every file extension Pillow can open (lower case, with the dot): IMAGE_EXTENSIONS and
+    whatever else the installed Pillow registers a reader for (.gif, .pbm, .tga, .ico...)."""
+    Image.init()
+    readable = {ext.lower() for ext, fmt in Image.registered_extensions().items()
+                if fmt in Image.OPEN}
+    return tuple(sorted(readable | set(IMAGE_EXTENSIONS)))
+
+
+def _natural_key(name: str):
+    """Sort key putting numbers in numeric order: 2.pgm before 10.pgm."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower())
+            for part in re.split(r"(\d+)", name) if part]
+
+
+def folder_images(folder: str) -> list:
+    """The image files (any extension Pillow reads) of one identity folder, in natural order."""
+    extensions = image_extensions()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted((f for f in names if f.lower().endswith(extensions)
+                   and os.path.isfile(os.path.join(folder, f))), key=_natural_key)
+
+
+_LFW_FILE = re.compile(r"^(?P<name>.+)_(?P<number>\d{4})\.[A-Za-z0-9]+$")
+
+
+def numbered_images(identity: str, files) -> dict:
+    """{number: file name} of one identity folder's image files, the numbering pairs files use:
+    LFW's own (`<identity>_NNNN.<ext>` is number NNNN) when every file is named so, otherwise
+    each file's 1-based position in natural order (ORL's `s1/1.pgm ... 10.pgm` are 1..10)."""
+    files = sorted(files, key=_natural_key)
+    matches = [_LFW_FILE.match(f) for f in files]
+    if files and all(m and m.group("name") == identity for m in matches):
+        return {int(m.group("number")): f for m, f in zip(matches, files)}
+    return {i: f for i, f in enumerate(files, 1)}
 #: the most pixels an image may have once decoded (about 120 MB as RGB): a larger image is refused
 #: with a one-line error naming the file, before any pixel is decoded.
 MAX_PIXELS = 40_000_000
@@ -106,9 +147,7 @@ def scan_identity_folders(root: str):
         folder = os.path.join(base, identity)
         if not os.path.isdir(folder):
             continue
-        files = sorted(f for f in os.listdir(folder)
-                       if f.lower().endswith(IMAGE_EXTENSIONS) and
-                       os.path.isfile(os.path.join(folder, f)))
+        files = folder_images(folder)
         if not files:
             empty.append(identity)
             continue
@@ -117,7 +156,7 @@ def scan_identity_folders(root: str):
             names.append(identity)
     if not paths:
         raise DataError(f"{root}: found no images in identity folders (expected "
-                        f"<root>/<identity>/<image> with one of {IMAGE_EXTENSIONS})")
+                        f"<root>/<identity>/<image>, any image format Pillow reads)")
     if empty:
         logging.warning("%d empty identity folders skipped (e.g. %s)", len(empty), empty[0])
     return paths, names, empty
@@ -277,8 +316,7 @@ def read_lfw_pairs(path: str):
     """LFW pairs file: list of (name1, number1, name2, number2, same). Header lines (a count, or
     'folds count') are skipped; a malformed line is a DataError with its line number."""
     pairs = []
-    with open(path) as handle:
-        lines = handle.read().splitlines()
+    lines = _text_lines(path, "pairs file")
     for number, line in enumerate(lines, 1):
         parts = line.split()
         if not parts:
@@ -297,14 +335,32 @@ def read_lfw_pairs(path: str):
     return pairs
 
 
+def _text_lines(path: str, what: str) -> list:
+    """The lines of a UTF-8 text file; a DataError naming the file (and the line of a byte that
+    is not UTF-8) when it is missing, a folder or not UTF-8 text."""
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, not a {what} (experiments/make_pairs.py writes a "
+                        f"pairs file for an identity folder)")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); save "
+                        f"the {what} as UTF-8") from None
+
+
 def read_lfw_people(path: str, root: str = ""):
     """LFW `people*.txt` (`name count` per line, count lines skipped) -> (relative paths, names)
     of every image it lists (`<name>/<name>_NNNN.jpg`, under `images/` when `root` has that
     folder). A malformed line is a DataError with its line number."""
     sub = "images" if root and os.path.isdir(os.path.join(root, "images")) else ""
     paths, names = [], []
-    with open(path) as handle:
-        lines = handle.read().splitlines()
+    lines = _text_lines(path, "people file")
     for number, line in enumerate(lines, 1):
         parts = line.split()
         if not parts or (len(parts) == 1 and parts[0].isdigit()):
@@ -329,6 +385,30 @@ def heldout_image_paths(run_dir: str) -> list:
     if not any("/" in p for p in held):
         raise DataError(f"{run_dir}: its split.json names no image paths (a digits run?)")
     return held
+
+
+class PairFiles:
+    """Finds the file of (identity, number) as pairs files name images, under `root` or its
+    `images/` folder: `numbered_images` of the identity's folder (LFW's `<name>_NNNN.<ext>`, or
+    the number-th image in natural order for any other naming)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.sub = "images" if os.path.isdir(os.path.join(root, "images")) else ""
+        self._folders = {}
+
+    def numbers(self, identity: str) -> dict:
+        if identity not in self._folders:
+            folder = os.path.join(self.root, self.sub, identity)
+            safe = identity not in ("", ".", "..") and "/" not in identity and "\\" not in identity
+            self._folders[identity] = (numbered_images(identity, folder_images(folder))
+                                       if safe else {})
+        return self._folders[identity]
+
+    def __call__(self, identity: str, number: int):
+        """The path relative to the root, or None when there is no such image."""
+        name = self.numbers(identity).get(int(number))
+        return None if name is None else os.path.join(self.sub, identity, name)
 
 
 def lfw_file_name(name: str, number: int) -> str:

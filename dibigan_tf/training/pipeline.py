@@ -381,7 +381,7 @@ def run_student(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
                "blackbox_queries": ctx.store.total_queries, "seconds": ctx.seconds}
     pair_sets = {"sampled": _sampled_pairs(cfg, held.labels)}
     if cfg.pairs:
-        pair_sets["pairs_file"] = _pairs_file_indices(cfg.pairs, held)
+        pair_sets["pairs_file"] = _pairs_file_indices(cfg.pairs, held, cfg.data_dir)
     for name, (idx_a, idx_b, same) in pair_sets.items():
         if len(same) < 2 or same.all() or not same.any():
             logging.warning("%s pairs: %d pairs (%d same), too few to measure", name, len(same),
@@ -436,9 +436,16 @@ def _sampled_pairs(cfg: RunConfig, labels):
     return ver.make_pairs(labels, num, num, seed=cfg.seed)
 
 
-def _pairs_file_indices(path, held):
-    """Indices into `held` of the LFW pairs file's pairs whose two images are held out."""
-    from dibigan_tf.data.faces import lfw_file_name, read_lfw_pairs
+def _pairs_file_indices(path, held, data_dir=""):
+    """Indices into `held` of the LFW pairs file's pairs whose two images are held out (an
+    image found as evaluate.py finds it: `PairFiles` of the data root, else LFW's naming)."""
+    from dibigan_tf.data.faces import PairFiles, lfw_file_name, read_lfw_pairs
+    find = PairFiles(data_dir) if data_dir and os.path.isdir(data_dir) else None
+
+    def file_of(name, number):   # "<identity>/<file>"
+        found = find(name, number) if find else None
+        return "/".join((found or lfw_file_name(name, number)).replace(os.sep, "/")
+                        .split("/")[-2:])
     where = {}
     for i, rel in enumerate(held.paths):
         parts = rel.replace(os.sep, "/").split("/")
@@ -446,8 +453,7 @@ def _pairs_file_indices(path, held):
     a, b, same = [], [], []
     pairs = read_lfw_pairs(path)
     for n1, i1, n2, i2, is_same in pairs:
-        k1 = lfw_file_name(n1, i1).replace(os.sep, "/")
-        k2 = lfw_file_name(n2, i2).replace(os.sep, "/")
+        k1, k2 = file_of(n1, i1), file_of(n2, i2)
         if k1 in where and k2 in where:
             a.append(where[k1])
             b.append(where[k2])

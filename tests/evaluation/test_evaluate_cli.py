@@ -127,7 +127,7 @@ def test_make_pairs_draws_folds_of_heldout_people(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     held = [f"images/P{p}/P{p}_{k:04d}.jpg" for p in range(6) for k in range(1, 2 + p % 3)]
-    held.append("images/odd/photo.jpg")   # not LFW naming: skipped, counted
+    held.append("images/odd/notes.txt")   # not an image: skipped, counted
     (run_dir / "split.json").write_text(json.dumps({"train": [], "heldout": held}))
     out = tmp_path / "pairs.txt"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "make_pairs.py"),
