@@ -36,7 +36,7 @@ flags.DEFINE_string("pairs", "", "An LFW pairs file: its pairs among held-out pe
                     "also scored.")
 flags.DEFINE_enum("mode", "blackbox", ["blackbox", "whitebox"], "blackbox: F^S is distilled "
                   "from F's answers; whitebox: F itself (differentiable: lenet, keras, "
-                  "savedmodel) gives L_distill's gradients and no F^S is trained.")
+                  "savedmodel, dlib_keras) gives L_distill's gradients and no F^S is trained.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy (multi_worker: the cluster in TF_CONFIG).")
 flags.DEFINE_integer("num_gpus", 0, "Replicas for --strategy=mirrored (0: all devices).")

@@ -21,7 +21,8 @@ for path in sorted(glob.glob("experiments/flagfiles/*.flags")):
     cfg = train.build_config()
     out[path] = {"mode": cfg.mode, "dataset": cfg.dataset, "generator": cfg.gan.generator,
                  "distill": cfg.gan.use_distill, "biject": cfg.gan.use_biject,
-                 "run": cfg.run_name, "size": cfg.image_size}
+                 "run": cfg.run_name, "size": cfg.image_size, "matcher": cfg.matcher.name,
+                 "align": [cfg.align_template, cfg.align_size]}
 print("CONFIGS " + json.dumps(out))
 """
 
@@ -49,3 +50,6 @@ def test_every_flagfile_builds_a_config():
                 assert c["mode"] == ("whitebox" if "whitebox" in name else "blackbox"), name
                 assert c["size"] == (128 if name.endswith("_128.flags") else
                                      64 if name.startswith("faces") else 0), name
+        if name.startswith("faces") and "whitebox" in name:
+            # dlib's descriptor as a Keras model: whitebox on dlib's own 150x150 chips
+            assert (c["matcher"], c["align"]) == ("dlib_keras", ["dlib", 150]), name
