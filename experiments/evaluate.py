@@ -9,14 +9,17 @@
 root or its images/ folder, and aligned like the training data, with the same cache) or an
 insightface verification `.bin` (already aligned crops; `--bin_realign` aligns them again onto
 --align_template). Every image is sent to the matcher once (the feature store). The verification
-protocol uses the pairs file's order as its 10 folds.
+protocol's 10 folds are the file's blocks when they are LFW-like (each its share of positives),
+else stratified folds (`fold_layout` in metrics.json says which). --flip_tta scores F(x) plus F of
+x's mirror (insightface's Accuracy-Flip). docs/evaluation.md defines every number.
 
 With --generator (a run directory with a trained G), each image is reconstructed from its
 features and the paper's protocols run: the reconstruction protocol (the first image of every
 positive pair replaced by its reconstruction), type-I and type-II attack success as TAR at
 FAR = 0.1% and 0.01% (threshold from the real impostor pairs), MS-SSIM between images of the
-different-people pairs (reconstructions and real), and, with --inception_weights, the Inception
-Score. Writes <output_dir>/metrics.json (the training report's keys where they mean the same) and
+different-people pairs (reconstructions and real; `ms_ssim_pggan_*`: the PGGAN reference's over
+seeded random pairs of different people), and, with --inception_weights, the Inception Score.
+Writes <output_dir>/metrics.json (the training report's keys where they mean the same) and
 <output_dir>/reconstructions.png.
 """
 import json
@@ -46,6 +49,11 @@ flags.DEFINE_bool("bin_realign", False, ".bin pairs: align the crops again onto 
 flags.DEFINE_integer("max_pairs", 0, "Use only the first pairs (0: all).")
 flags.DEFINE_integer("seed", 0, "Seed of the generator's v.")
 flags.DEFINE_integer("ms_ssim_pairs", 500, "Different-people pairs for MS-SSIM.")
+flags.DEFINE_integer("ms_ssim_seed", 0, "Seed of the random different-people pairs of the "
+                     "PGGAN-reference MS-SSIM (ms_ssim_pggan_*).")
+flags.DEFINE_bool("flip_tta", False, "Score every image by F(image) + F(its horizontal mirror) "
+                  "(insightface's Accuracy-Flip; the mirrors are matcher queries too). G still "
+                  "reconstructs from F(image).")
 flags.DEFINE_string("heldout_of", "", "A training run directory: keep only the pairs whose two "
                     "people are among that run's held-out people (its split.json), i.e. people no "
                     "network of the run trained on.")
@@ -181,7 +189,8 @@ def evaluate():
     from dibigan_tf.data.faces import resize_images
     from dibigan_tf.evaluation import verification as ver
     from dibigan_tf.evaluation.attack import (attack_success, inception_score, load_inception,
-                                              ms_ssim_of)
+                                              ms_ssim_of, ms_ssim_pggan, random_different_pairs)
+    from dibigan_tf.evaluation.tta import mirror
     from dibigan_tf.matchers.registry import open_matcher
     from dibigan_tf.matchers.store import FeatureStore
     from dibigan_tf.training.pipeline import matcher_images, progress_callback
@@ -197,43 +206,51 @@ def evaluate():
         images = resize_images(images, FLAGS.image_size)
     store = FeatureStore(FLAGS.feature_store_dir or os.path.join(FLAGS.output_dir, "features"),
                          matcher, progress=progress_callback("features", "image"))
-    feats = store.features(matcher_images(matcher, images))
+    # F(x) is what G reconstructs from; with --flip_tta the scores use F(x) + F(mirror of x)
+    plain_feats = store.features(matcher_images(matcher, images))
+    feats = (plain_feats if not FLAGS.flip_tta else plain_feats + store.features(
+        matcher_images(matcher, mirror(images))))
     folds = min(10, len(same))
     real = ver.verification_metrics(feats[idx_a], feats[idx_b], same, num_folds=folds,
                                     fars=(1e-3, 1e-4))
     metrics = {"pairs": FLAGS.pairs, "image_size": int(images.shape[1]),
                "num_pairs_positive": int(same.sum()),
                "num_pairs_negative": int((~same).sum()), "images": int(len(images)),
-               "matcher": matcher.store_key,
-               "real_verification_accuracy": real["accuracy"],
-               "real_verification_accuracy_std": real["accuracy_std"],
-               "real_tar_at_far_1e-03": real["tar_at_far_1e-03"],
-               "real_tar_at_far_1e-04": real["tar_at_far_1e-04"]}
+               "matcher": matcher.store_key, "flip_tta": bool(FLAGS.flip_tta),
+               "fold_layout": real["fold_layout"], "num_folds": real["num_folds"]}
+    metrics.update(ver.metrics_json_keys(real, "real_"))
     metrics.update({f"align_{k}": v for k, v in stats.items() if not isinstance(v, dict)})
     different = ~same
     k = min(FLAGS.ms_ssim_pairs, int(different.sum()))
     if FLAGS.generator:
         from dibigan_tf.training.gan import TrainedGenerator
         generator = TrainedGenerator(FLAGS.generator)
-        recons = generator(feats, seed=FLAGS.seed)
+        recons = generator(plain_feats, seed=FLAGS.seed)
         recon_feats = store.features(matcher_images(matcher, recons))
+        if FLAGS.flip_tta:
+            recon_feats = recon_feats + store.features(matcher_images(matcher, mirror(recons)))
         recon = ver.reconstruction_protocol(feats, recon_feats, idx_a, idx_b, same,
                                             num_folds=folds, fars=(1e-3, 1e-4))
-        metrics.update({
-            "recon_verification_accuracy": recon["accuracy"],
-            "recon_verification_accuracy_std": recon["accuracy_std"],
-            "recon_tar_at_far_1e-03": recon["tar_at_far_1e-03"],
-            "recon_tar_at_far_1e-04": recon["tar_at_far_1e-04"],
-            "feature_cosine_mean": float(np.mean(ver.cosine_similarity_rows(recon_feats,
-                                                                            feats)))})
+        metrics.update(ver.metrics_json_keys(recon, "recon_"))
+        metrics["feature_cosine_mean"] = float(np.mean(ver.cosine_similarity_rows(recon_feats,
+                                                                                  feats)))
         metrics.update(attack_success(feats, recon_feats, idx_a, idx_b, same))
+        size = recons.shape[1]
+        small = resize_images(images, size) if images.shape[1] != size else images
         if k:
             metrics["ms_ssim_recon"] = ms_ssim_of(recons[idx_a[different][:k]],
                                                   recons[idx_b[different][:k]])
-            size = recons.shape[1]
-            small = resize_images(images, size) if images.shape[1] != size else images
             metrics["ms_ssim_real"] = ms_ssim_of(small[idx_a[different][:k]],
                                                  small[idx_b[different][:k]])
+        if len(set(names)) > 1 and FLAGS.ms_ssim_pairs and min(recons.shape[1:3]) >= 16:
+            # the PGGAN reference's MS-SSIM (paper's Table 2) over seeded random pairs of
+            # images of different people, the same pairs for reconstructions and real photos
+            pa, pb = random_different_pairs(np.asarray(names), FLAGS.ms_ssim_pairs,
+                                            seed=FLAGS.ms_ssim_seed)
+            metrics["ms_ssim_pggan_recon"] = ms_ssim_pggan(recons[pa], recons[pb])
+            metrics["ms_ssim_pggan_real"] = ms_ssim_pggan(small[pa], small[pb])
+            metrics["ms_ssim_pggan_pairs"] = int(len(pa))
+            metrics["ms_ssim_pggan_seed"] = FLAGS.ms_ssim_seed
         if FLAGS.inception_weights:
             score, std = inception_score(recons, load_inception(FLAGS.inception_weights))
             metrics["inception_score"], metrics["inception_score_std"] = score, std

@@ -107,6 +107,116 @@ def ms_ssim_of(x_images, y_images, batch: int = 100) -> float:
     return float(np.mean(np.concatenate(values)))
 
 
+PGGAN_MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def _gaussian_1d(size: int, sigma: float) -> np.ndarray:
+    """1-D factor of MATLAB's fspecial('gaussian', size, sigma) (the 2-D window is its outer
+    product: exp(-(x^2+y^2)/2s^2) separates and the normalisation with it)."""
+    radius = size // 2
+    offset, start, stop = 0.0, -radius, radius + 1
+    if size % 2 == 0:
+        offset, stop = 0.5, stop - 1
+    x = np.arange(offset + start, stop)
+    g = np.exp(-(x ** 2) / (2.0 * sigma ** 2))
+    return g / g.sum()
+
+
+def _blur_valid(images: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """'valid' 2-D filtering of [n, h, w, c] float64 images with the separable window."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    rows = sliding_window_view(images, window.size, axis=1) @ window
+    return sliding_window_view(rows, window.size, axis=2) @ window
+
+
+def _ssim_and_cs(img1, img2, max_val=255.0, filter_size=11, filter_sigma=1.5, k1=0.01, k2=0.03):
+    """Per-image mean SSIM and contrast-structure term of one scale, as PGGAN's
+    `_SSIMForMultiScale`: the window shrinks to the image (size min(11, h, w), sigma scaled
+    with it), 'valid' filtering, products of the float32 images taken in float32."""
+    _, height, width, _ = img1.shape
+    size = min(filter_size, height, width)
+    window = _gaussian_1d(size, size * filter_sigma / filter_size)
+    blur = lambda x: _blur_valid(x.astype(np.float64), window)   # noqa: E731
+    mu1, mu2 = blur(img1), blur(img2)
+    sigma11 = blur(img1 * img1) - mu1 * mu1
+    sigma22 = blur(img2 * img2) - mu2 * mu2
+    sigma12 = blur(img1 * img2) - mu1 * mu2
+    c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
+    v1 = 2.0 * sigma12 + c2
+    v2 = sigma11 + sigma22 + c2
+    ssim = np.mean(((2.0 * mu1 * mu2 + c1) * v1) / ((mu1 * mu1 + mu2 * mu2 + c1) * v2),
+                   axis=(1, 2, 3))
+    return ssim, np.mean(v1 / v2, axis=(1, 2, 3))
+
+
+def _box_downsample(img: np.ndarray) -> np.ndarray:
+    """PGGAN's 2x2 box average with stride 2 (`_HoxDownsample`); an odd last row or column is
+    dropped first (the reference needs even sizes at every scale)."""
+    img = img[:, : img.shape[1] // 2 * 2, : img.shape[2] // 2 * 2]
+    return (img[:, 0::2, 0::2] + img[:, 1::2, 0::2] + img[:, 0::2, 1::2]
+            + img[:, 1::2, 1::2]) * np.float32(0.25)
+
+
+def ms_ssim_pggan_values(x_images, y_images, max_val: float = 255.0,
+                         weights=PGGAN_MS_SSIM_WEIGHTS) -> np.ndarray:
+    """MS-SSIM of each pair (x_i, y_i) as the PGGAN / AC-GAN reference computes it
+    (progressive_growing_of_gans/metrics/ms_ssim.py, after TensorFlow's compression msssim.py):
+    5 scales with its weights (they do not sum to 1), Gaussian window 11 / sigma 1.5 shrunk to the
+    image at coarse scales (64 px: windows 11, 11, 11, 8, 4), 2x2 box downsampling, cs of the 4
+    fine scales and SSIM of the coarsest, each clipped at 0, raised to its weight and multiplied.
+
+    x_images, y_images: [n, h, w, c] in [0, max_val] (uint8 for max_val=255), h and w >= 16.
+    Returns a float64 [n] array.
+    """
+    x = np.asarray(x_images)
+    y = np.asarray(y_images)
+    if x.shape != y.shape or x.ndim != 4:
+        raise ValueError(f"MS-SSIM needs two image batches of one shape [n, h, w, c], got "
+                         f"{x.shape} and {y.shape}")
+    weights = np.asarray(weights, np.float64)
+    if min(x.shape[1:3]) < 2 ** (weights.size - 1):
+        raise ValueError(f"MS-SSIM over {weights.size} scales needs images of at least "
+                         f"{2 ** (weights.size - 1)} pixels, got {x.shape[1]}x{x.shape[2]}")
+    im1, im2 = x.astype(np.float32), y.astype(np.float32)
+    ssims, css = [], []
+    for level in range(weights.size):
+        ssim, cs = _ssim_and_cs(im1, im2, max_val=max_val)
+        ssims.append(ssim)
+        css.append(cs)
+        if level + 1 < weights.size:
+            im1, im2 = _box_downsample(im1), _box_downsample(im2)
+    ssims = np.clip(np.asarray(ssims), 0.0, np.inf)
+    css = np.clip(np.asarray(css), 0.0, np.inf)
+    return np.prod(css[:-1] ** weights[:-1, None], axis=0) * ssims[-1] ** weights[-1]
+
+
+def random_different_pairs(labels, num_pairs: int, seed: int = 0):
+    """(idx_a, idx_b): `num_pairs` random pairs of images of different identities, seeded
+    (np.random.default_rng(seed)); pairs may repeat, as in PGGAN's random pairs. Fewer when
+    different identities are rare (at most 50 draws per pair)."""
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("MS-SSIM needs images of at least two identities")
+    rng = np.random.default_rng(seed)
+    a, b = [], []
+    for _ in range(50):
+        i = rng.integers(0, len(labels), 2 * num_pairs)
+        j = rng.integers(0, len(labels), 2 * num_pairs)
+        keep = labels[i] != labels[j]
+        a.extend(i[keep].tolist())
+        b.extend(j[keep].tolist())
+        if len(a) >= num_pairs:
+            break
+    return np.array(a[:num_pairs], np.int64), np.array(b[:num_pairs], np.int64)
+
+
+def ms_ssim_pggan(x_images, y_images, batch: int = 100) -> float:
+    """Mean PGGAN-reference MS-SSIM over the pairs (x_i, y_i) (see ms_ssim_pggan_values)."""
+    values = [ms_ssim_pggan_values(x_images[s:s + batch], y_images[s:s + batch])
+              for s in range(0, len(x_images), batch)]
+    return float(np.mean(np.concatenate(values)))
+
+
 class InceptionError(RuntimeError):
     """The Inception Score's classifier is missing or unusable."""
 

@@ -27,7 +27,9 @@ def evaluate_reconstructions(real_features, recon_features, labels, centroid_fea
 
     real_features[i]: F(x_i) of held-out image i; recon_features[i]: F(G(F(x_i))); labels[i]: its
     identity. Centroids (for class agreement) come from `centroid_features`/`centroid_labels`
-    (the training split). Returns a dict of floats, plus `recon_class_confusion` (see
+    (the training split). Returns a dict of floats (the verification keys are those of
+    `verification.metrics_json_keys`: accuracy, the in-sample ROC TAR and the cross-validated VAL
+    at each FAR, with their impostor counts; `fold_layout`), plus `recon_class_confusion` (see
     `class_confusion`) when there are at most MAX_CONFUSION_CLASSES classes.
     """
     idx_a, idx_b, is_same = ver.make_pairs(labels, num_positive, num_negative, seed=seed)
@@ -40,20 +42,16 @@ def evaluate_reconstructions(real_features, recon_features, labels, centroid_fea
     out = {
         "num_pairs_positive": int(is_same.sum()),
         "num_pairs_negative": int((~is_same).sum()),
-        "real_verification_accuracy": real["accuracy"],
-        "real_verification_accuracy_std": real["accuracy_std"],
-        "recon_verification_accuracy": recon["accuracy"],
-        "recon_verification_accuracy_std": recon["accuracy_std"],
+        "fold_layout": real["fold_layout"],
+        "num_folds": real["num_folds"],
+        **ver.metrics_json_keys(real, "real_"),
+        **ver.metrics_json_keys(recon, "recon_"),
         "recon_class_agreement": float(np.mean(predicted == np.asarray(labels))),
         "real_class_agreement": ver.nearest_centroid_agreement(
             real_features, labels, centroid_features, centroid_labels),
         "feature_cosine_mean": float(np.mean(ver.cosine_similarity_rows(recon_features,
                                                                         real_features))),
     }
-    for far in fars:
-        key = ver.far_key(far)
-        out[f"real_{key}"] = real[key]
-        out[f"recon_{key}"] = recon[key]
     classes = np.unique(centroid_labels)     # every label has a centroid (checked above)
     if classes.size <= MAX_CONFUSION_CLASSES:
         out["recon_class_confusion"] = class_confusion(labels, predicted, classes)
@@ -108,7 +106,8 @@ def write_report(report_dir, metrics: dict, figure: np.ndarray, title: str, note
     lines += ["| metric | value |", "|---|---|"]
     for key in ("real_verification_accuracy", "recon_verification_accuracy",
                 "recon_class_agreement", "real_class_agreement", "feature_cosine_mean",
-                "real_tar_at_far_1e-03", "recon_tar_at_far_1e-03", "flow_bits_per_dim",
+                "real_tar_at_far_1e-03", "recon_tar_at_far_1e-03", "real_val_cv_at_far_1e-03",
+                "recon_val_cv_at_far_1e-03", "flow_bits_per_dim",
                 "student_cosine_heldout", "blackbox_queries"):
         if key in metrics:
             value = metrics[key]
@@ -117,7 +116,9 @@ def write_report(report_dir, metrics: dict, figure: np.ndarray, title: str, note
     gap = metrics["real_verification_accuracy"] - metrics["recon_verification_accuracy"]
     lines += ["", f"Reconstructions lose **{100 * gap:.2f} points** of verification accuracy "
               f"against real held-out images ({metrics.get('num_pairs_positive', '?')} positive "
-              f"and {metrics.get('num_pairs_negative', '?')} negative pairs, 10 folds).", ""]
+              f"and {metrics.get('num_pairs_negative', '?')} negative pairs, "
+              f"{metrics.get('num_folds', 10)} folds, {metrics.get('fold_layout', 'lfw_blocks')}; "
+              f"definitions: docs/evaluation.md).", ""]
     confusion = metrics.get("recon_class_confusion")
     if confusion:
         names = [str(c) for c in confusion["classes"]]

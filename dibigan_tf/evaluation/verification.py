@@ -9,12 +9,25 @@ Conventions
   which lies in ``[0, 4]`` and equals ``2 - 2 * cos(a, b)``.
 * A pair is predicted "same identity" iff ``distance < threshold`` (strict),
   as in insightface's ``verification.py``.
-* The 10-fold protocol splits the *ordered* pair list into contiguous blocks
-  (``sklearn.model_selection.KFold(n_splits, shuffle=False)`` semantics: the
-  first ``n % k`` folds hold one extra pair).  :func:`make_pairs` orders its
-  pairs so that each of those blocks holds the same share of positive pairs.
-* Thresholds are chosen *exactly* (midpoints between consecutive distinct
-  distances), not on a grid.
+* Folds (:func:`fold_test_indices`).  When the *ordered* pair list cut into
+  contiguous blocks (``sklearn.model_selection.KFold(n_splits, shuffle=False)``
+  semantics: the first ``n % k`` folds hold one extra pair) gives every block
+  its share of positive pairs (within one pair), those blocks are the folds:
+  LFW's ``pairs.txt`` layout (``"lfw_blocks"``), which :func:`make_pairs` and
+  ``experiments/make_pairs.py`` also write.  Otherwise (e.g. LFW View 1's
+  ``pairsDevTrain.txt``, all positives then all negatives, or any filtered
+  list) the folds are *stratified* (``"stratified"``): the positives, in file
+  order, are cut into k contiguous blocks, the negatives likewise, and fold k
+  is the k-th block of each.  Contiguous blocks of such a list would train
+  each threshold on a one-sided remainder and lower the accuracy.
+* Accuracy thresholds are chosen *exactly* by default (midpoints between
+  consecutive distinct distances: the true maximiser of training accuracy);
+  ``thresholds=ROC_THRESHOLDS`` chooses on insightface's grid instead, which
+  reproduces its ``calculate_roc`` to the last digit.
+* Two TARs at a FAR: :func:`tar_at_far`, the in-sample ROC point (threshold =
+  an order statistic of *all* impostor distances), and :func:`val_at_far`,
+  insightface's cross-validated VAL (threshold interpolated on 9 folds,
+  VAL and FAR measured on the 10th, averaged over the folds).
 
 Reconstruction protocol (DiBiGAN paper, section 4.2)
 ----------------------------------------------------
@@ -40,11 +53,16 @@ __all__ = [
     "pair_distances",
     "cosine_similarity_rows",
     "fold_slices",
+    "fold_layout",
+    "fold_test_indices",
     "make_pairs",
     "best_threshold",
     "kfold_verification",
     "tar_at_far",
+    "val_at_far",
     "far_key",
+    "val_key",
+    "metrics_json_keys",
     "verification_metrics",
     "reconstruction_protocol",
     "nearest_centroid_agreement",
@@ -53,6 +71,13 @@ __all__ = [
 # Above this many candidate pairs, make_pairs samples by rejection instead of
 # enumerating every pair.
 _ENUMERATE_LIMIT = 2_000_000
+
+# insightface's threshold grids (recognition/.../eval/verification.py, evaluate()):
+# accuracy thresholds for calculate_roc, VAL thresholds for calculate_val.
+ROC_THRESHOLDS = np.arange(0, 4, 0.01)
+VAL_THRESHOLDS = np.arange(0, 4, 0.001)
+
+FOLD_LAYOUTS = ("lfw_blocks", "stratified")
 
 
 # ---------------------------------------------------------------------------
@@ -208,6 +233,70 @@ def fold_slices(num_items: int, num_folds: int) -> List[slice]:
         slices.append(slice(start, stop))
         start = stop
     return slices
+
+
+def _check_num_folds(num_folds, minimum: int = 2) -> int:
+    if isinstance(num_folds, (bool, np.bool_)) or not isinstance(num_folds, (int, np.integer)):
+        raise ValueError(f"num_folds must be an integer, got {num_folds!r}")
+    if num_folds < minimum:
+        raise ValueError(f"num_folds must be >= {minimum}, got {num_folds}")
+    return int(num_folds)
+
+
+def fold_layout(is_same, num_folds: int = 10) -> str:
+    """Which folds the k-fold protocol uses on this ordered pair list.
+
+    ``"lfw_blocks"`` when every contiguous block of :func:`fold_slices` holds
+    its share of positive pairs (``size * positives / pairs``) within one pair,
+    as in LFW's ``pairs.txt`` and the files :func:`make_pairs` orders;
+    ``"stratified"`` otherwise (e.g. all positives then all negatives).
+    """
+    s = _as_bool_array(is_same, "is_same")
+    num_folds = _check_num_folds(num_folds, minimum=1)
+    n, positives = s.size, int(s.sum())
+    if n == 0:
+        return "lfw_blocks"
+    for fold in fold_slices(n, num_folds):
+        share = (fold.stop - fold.start) * positives / n
+        if abs(int(s[fold].sum()) - share) >= 1.0:
+            return "stratified"
+    return "lfw_blocks"
+
+
+def fold_test_indices(is_same, num_folds: int = 10,
+                      layout: str = "auto") -> Tuple[str, List[np.ndarray]]:
+    """The k test folds of the verification protocol, as sorted index arrays.
+
+    Args:
+      is_same: ``(num_pairs,)`` booleans, in the pair list's order.
+      num_folds: k.
+      layout: ``"auto"`` (:func:`fold_layout` decides), ``"lfw_blocks"``
+        (contiguous blocks of the list, sklearn ``KFold(k, shuffle=False)``)
+        or ``"stratified"`` (the positives in list order cut into k contiguous
+        blocks as :func:`fold_slices` cuts, extra pairs in the first folds; the
+        negatives likewise with their extra pairs in the *last* folds, so fold
+        sizes differ by at most one and no fold is empty; fold k is the k-th
+        block of each, so a list already in balanced blocks of equal
+        positive and negative shares gets the same folds either way).
+
+    Returns:
+      ``(layout used, [test indices of fold 0, ..., fold k-1])``.
+    """
+    s = _as_bool_array(is_same, "is_same")
+    num_folds = _check_num_folds(num_folds, minimum=1)
+    if layout == "auto":
+        layout = fold_layout(s, num_folds)
+    if layout not in FOLD_LAYOUTS:
+        raise ValueError(f"layout must be 'auto' or one of {FOLD_LAYOUTS}, got {layout!r}")
+    if layout == "lfw_blocks":
+        return layout, [np.arange(f.start, f.stop) for f in fold_slices(s.size, num_folds)]
+    pos, neg = np.flatnonzero(s), np.flatnonzero(~s)
+    neg_sizes = [f.stop - f.start for f in fold_slices(neg.size, num_folds)][::-1]
+    neg_stops = np.cumsum(neg_sizes)
+    neg_blocks = [slice(int(stop - size), int(stop)) for size, stop in zip(neg_sizes, neg_stops)]
+    folds = [np.sort(np.concatenate([pos[p], neg[q]]))
+             for p, q in zip(fold_slices(pos.size, num_folds), neg_blocks)]
+    return layout, folds
 
 
 def _pair_keys(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
@@ -390,23 +479,36 @@ def make_pairs(labels, num_positive: int, num_negative: int, seed: Optional[int]
 # ---------------------------------------------------------------------------
 # Thresholds and accuracies
 # ---------------------------------------------------------------------------
-def best_threshold(distances, is_same) -> Tuple[float, float]:
-    """Threshold maximising verification accuracy (exact search).
+def best_threshold(distances, is_same, thresholds=None) -> Tuple[float, float]:
+    """Threshold maximising verification accuracy.
 
-    A pair is predicted "same" iff ``distance < threshold``.  Candidates are
+    A pair is predicted "same" iff ``distance < threshold``.  By default
+    (``thresholds=None``) the search is exact: candidates are
     ``min(distances) - 1``, the midpoints between consecutive sorted distinct
     distances, and ``max(distances) + 1``; together they realise every
-    possible split of the sorted distances.  Among thresholds with the best
-    accuracy the smallest is returned.
+    possible split of the sorted distances.  Given a grid (e.g.
+    :data:`ROC_THRESHOLDS`, insightface's ``np.arange(0, 4, 0.01)``) the best
+    grid value is returned instead, as insightface's ``calculate_roc`` picks
+    it.  Among thresholds with the best accuracy the smallest is returned.
 
     Args:
       distances: ``(num_pairs,)`` finite distances.
       is_same: ``(num_pairs,)`` booleans, True for same-identity pairs.
+      thresholds: ``None`` (exact search) or a 1-D grid of candidates.
 
     Returns:
       ``(threshold, accuracy)`` as Python floats.
     """
     d, s = _check_distances(distances, is_same)
+    if thresholds is not None:
+        grid = _as_float_array(thresholds, "thresholds", ndim=1)
+        if grid.size == 0:
+            raise ValueError("thresholds is empty")
+        tp = np.searchsorted(np.sort(d[s]), grid, side="left")      # positives < t
+        fp = np.searchsorted(np.sort(d[~s]), grid, side="left")     # negatives < t
+        correct = tp + (int((~s).sum()) - fp)
+        i = int(np.argmax(correct))                                   # first = smallest
+        return float(grid[i]), float(correct[i]) / d.size
     uniq, inv = np.unique(d, return_inverse=True)
     inv = inv.reshape(-1)
     pos_per = np.bincount(inv, weights=s, minlength=uniq.size).astype(np.int64)
@@ -428,44 +530,49 @@ def best_threshold(distances, is_same) -> Tuple[float, float]:
     return thr, float(correct[m]) / d.size
 
 
-def kfold_verification(distances, is_same, num_folds: int = 10) -> Dict[str, object]:
+def _folds_for(d: np.ndarray, s: np.ndarray, num_folds, layout: str):
+    num_folds = _check_num_folds(num_folds)
+    if d.size < num_folds:
+        raise ValueError(f"need at least num_folds={num_folds} pairs, got {d.size}")
+    return fold_test_indices(s, num_folds, layout)
+
+
+def kfold_verification(distances, is_same, num_folds: int = 10, layout: str = "auto",
+                       thresholds=None) -> Dict[str, object]:
     """k-fold verification accuracy, as insightface's ``calculate_roc``.
 
-    The pair list is split into ``num_folds`` contiguous blocks
-    (:func:`fold_slices`).  For each fold the threshold is chosen with
+    For each fold of :func:`fold_test_indices` the threshold is chosen with
     :func:`best_threshold` on the other folds and the accuracy is measured
-    on the held-out fold.
+    on the held-out fold.  With ``thresholds=ROC_THRESHOLDS`` and LFW-block
+    folds this is insightface's ``calculate_roc`` (``pca=0``) exactly; the
+    default exact search can only raise each fold's training accuracy.
 
     Returns:
       dict with ``accuracy_mean`` (float), ``accuracy_std`` (population std,
-      ddof=0), ``fold_accuracies`` (list of floats) and ``thresholds`` (list
-      of the per-fold thresholds).
+      ddof=0, as insightface's ``np.std``), ``fold_accuracies`` (list of
+      floats), ``thresholds`` (list of the per-fold thresholds) and
+      ``fold_layout`` (``"lfw_blocks"`` or ``"stratified"``).
     """
     d, s = _check_distances(distances, is_same)
-    if isinstance(num_folds, (bool, np.bool_)) or not isinstance(num_folds, (int, np.integer)):
-        raise ValueError(f"num_folds must be an integer, got {num_folds!r}")
-    if num_folds < 2:
-        raise ValueError(f"num_folds must be >= 2, got {num_folds}")
-    if d.size < num_folds:
-        raise ValueError(f"need at least num_folds={num_folds} pairs, got {d.size}")
+    used, folds = _folds_for(d, s, num_folds, layout)
     accs, thrs = [], []
-    for fold in fold_slices(d.size, int(num_folds)):
+    for test in folds:
         train = np.ones(d.size, dtype=bool)
-        train[fold] = False
-        thr, _ = best_threshold(d[train], s[train])
-        acc = float(np.mean((d[fold] < thr) == s[fold]))
-        accs.append(acc)
+        train[test] = False
+        thr, _ = best_threshold(d[train], s[train], thresholds=thresholds)
+        accs.append(float(np.mean((d[test] < thr) == s[test])))
         thrs.append(thr)
     return {
         "accuracy_mean": float(np.mean(accs)),
         "accuracy_std": float(np.std(accs)),
         "fold_accuracies": accs,
         "thresholds": thrs,
+        "fold_layout": used,
     }
 
 
 def tar_at_far(distances, is_same, far: float = 1e-3) -> Dict[str, float]:
-    """True accept rate at a false accept rate.
+    """True accept rate at a false accept rate: the in-sample ROC point.
 
     The threshold is the largest ``t`` such that the fraction of negative
     pairs with ``distance < t`` is at most ``far``.  With ``k =
@@ -474,7 +581,8 @@ def tar_at_far(distances, is_same, far: float = 1e-3) -> Dict[str, float]:
     comparison is strict); when ``k = 0`` (including ``far * num_negatives <
     1``) it is the smallest negative distance, i.e. zero false accepts.  When
     every negative may be accepted (``k >= num_negatives``) the threshold is
-    ``inf``.
+    ``inf``.  The threshold is set and measured on the same (all) impostor
+    pairs; :func:`val_at_far` is the cross-validated alternative.
 
     Returns:
       dict with ``tar`` (fraction of positive pairs with ``distance < t``),
@@ -482,12 +590,7 @@ def tar_at_far(distances, is_same, far: float = 1e-3) -> Dict[str, float]:
       ``threshold``.
     """
     d, s = _check_distances(distances, is_same)
-    try:
-        far = float(far)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"far must be a number, got {far!r}") from err
-    if not 0.0 <= far <= 1.0:
-        raise ValueError(f"far must be in [0, 1], got {far}")
+    far = _check_far(far)
     pos, neg = d[s], np.sort(d[~s])
     if pos.size == 0:
         raise ValueError("tar_at_far needs at least one positive pair (is_same all False)")
@@ -503,45 +606,166 @@ def tar_at_far(distances, is_same, far: float = 1e-3) -> Dict[str, float]:
     }
 
 
+def _check_far(far) -> float:
+    try:
+        far = float(far)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"far must be a number, got {far!r}") from err
+    if not 0.0 <= far <= 1.0:
+        raise ValueError(f"far must be in [0, 1], got {far}")
+    return far
+
+
+def _slinear_at(x: np.ndarray, y: np.ndarray, z: float) -> float:
+    """The value at ``z`` of the piecewise-linear interpolant through
+    ``(x_i, y_i)``, ``x`` non-decreasing with repeats, ``x[0] <= z <= x[-1]``.
+
+    This is what insightface's ``interpolate.interp1d(far_train, thresholds,
+    kind='slinear')`` evaluates with the SciPy it was written for (<= 1.8: a
+    degree-1 B-spline with knots ``[x0, x..., x_last]``; SciPy >= 1.9 refuses
+    repeated x): the segment from the *last* point with ``x <= z`` to the next
+    one, in de Boor's arithmetic; a zero-length last segment gives 0.
+    """
+    a = int(np.searchsorted(x, z, side="right")) - 1
+    a = min(max(a, 0), x.size - 2)
+    xa, xb = float(x[a]), float(x[a + 1])
+    if xb == xa:
+        return 0.0
+    w = 1.0 / (xb - xa)
+    return 0.0 + float(y[a]) * (w * (xb - z)) + float(y[a + 1]) * (w * (z - xa))
+
+
+def val_at_far(distances, is_same, far: float = 1e-3, num_folds: int = 10,
+               layout: str = "auto", thresholds=None) -> Dict[str, object]:
+    """Cross-validated VAL at a FAR, as insightface's ``calculate_val``.
+
+    For each fold of :func:`fold_test_indices`: the false accept rate of the
+    *other* folds' impostor pairs is computed at every threshold of the grid
+    (``distance < t``), the threshold where it reaches ``far`` is found by
+    linear interpolation (0 when no grid threshold reaches ``far``), and the
+    held-out fold's VAL (share of its positives accepted) and FAR (share of
+    its impostors accepted) are measured there.  VAL and FAR are the means
+    over the folds.  A test fold with ``m`` impostor pairs can only realise
+    FARs in steps of ``1 / m``, so the achieved FAR says what the VAL stands on.
+
+    Args:
+      distances, is_same: as in :func:`kfold_verification`.
+      far: the target false accept rate.
+      num_folds, layout: as in :func:`fold_test_indices`.
+      thresholds: the grid; default :data:`VAL_THRESHOLDS` (insightface's
+        ``np.arange(0, 4, 0.001)`` for squared L2 of unit vectors).
+
+    Returns:
+      dict with ``val`` (mean), ``val_std`` (population std), ``far`` (mean
+      achieved on the test folds), ``fold_vals``, ``fold_fars``,
+      ``thresholds`` (per fold), ``impostor_pairs_per_fold`` (the smallest
+      test fold's impostor count) and ``fold_layout``; ``val``, ``val_std``
+      and ``far`` are None when a test fold lacks positive or impostor pairs
+      (the rates are undefined there).
+    """
+    d, s = _check_distances(distances, is_same)
+    far = _check_far(far)
+    grid = np.sort(_as_float_array(VAL_THRESHOLDS if thresholds is None else thresholds,
+                                   "thresholds", ndim=1))
+    if grid.size < 2:
+        raise ValueError("thresholds needs at least two values to interpolate")
+    used, folds = _folds_for(d, s, num_folds, layout)
+    out = {"fold_layout": used, "val": None, "val_std": None, "far": None,
+           "fold_vals": [], "fold_fars": [], "thresholds": [],
+           "impostor_pairs_per_fold": int(min(int((~s[t]).sum()) for t in folds))}
+    if any(s[t].all() or not s[t].any() for t in folds):
+        return out
+    for test in folds:
+        train = np.ones(d.size, dtype=bool)
+        train[test] = False
+        train_neg = np.sort(d[train & ~s])
+        far_train = np.searchsorted(train_neg, grid, side="left") / train_neg.size
+        thr = _slinear_at(far_train, grid, far) if far_train.max() >= far else 0.0
+        dt, st = d[test], s[test]
+        out["fold_vals"].append(float(np.sum((dt < thr) & st)) / float(st.sum()))
+        out["fold_fars"].append(float(np.sum((dt < thr) & ~st)) / float((~st).sum()))
+        out["thresholds"].append(float(thr))
+    out["val"] = float(np.mean(out["fold_vals"]))
+    out["val_std"] = float(np.std(out["fold_vals"]))
+    out["far"] = float(np.mean(out["fold_fars"]))
+    return out
+
+
 def far_key(far: float) -> str:
     """Dictionary key of the TAR at ``far``, e.g. ``tar_at_far_1e-03``."""
     return f"tar_at_far_{far:.0e}"
 
 
+def val_key(far: float) -> str:
+    """Dictionary key of the cross-validated VAL at ``far``, e.g. ``val_cv_at_far_1e-03``."""
+    return f"val_cv_at_far_{far:.0e}"
+
+
 def _metrics_from_distances(d: np.ndarray, s: np.ndarray, num_folds: int,
-                            fars: Sequence[float]) -> Dict[str, float]:
-    kf = kfold_verification(d, s, num_folds=num_folds)
-    out = {"accuracy": kf["accuracy_mean"], "accuracy_std": kf["accuracy_std"]}
+                            fars: Sequence[float], layout: str = "auto",
+                            thresholds=None) -> Dict[str, object]:
+    kf = kfold_verification(d, s, num_folds=num_folds, layout=layout, thresholds=thresholds)
+    out = {"accuracy": kf["accuracy_mean"], "accuracy_std": kf["accuracy_std"],
+           "fold_layout": kf["fold_layout"], "num_folds": int(num_folds),
+           "tar_at_far_impostor_pairs": int((~s).sum())}
     for far in fars:
-        out[far_key(far)] = tar_at_far(d, s, far=far)["tar"]
+        roc = tar_at_far(d, s, far=far)
+        out[far_key(far)] = roc["tar"]
+        out[far_key(far) + "_achieved_far"] = roc["far"]
+    for far in fars:
+        val = val_at_far(d, s, far=far, num_folds=num_folds, layout=kf["fold_layout"])
+        out[val_key(far)] = val["val"]
+        out[val_key(far) + "_std"] = val["val_std"]
+        out[val_key(far) + "_achieved_far"] = val["far"]
+        out["val_cv_impostor_pairs_per_fold"] = val["impostor_pairs_per_fold"]
     return out
 
 
 def verification_metrics(emb_a, emb_b, is_same, num_folds: int = 10,
-                         fars: Sequence[float] = (1e-3,)) -> Dict[str, float]:
+                         fars: Sequence[float] = (1e-3,), layout: str = "auto",
+                         thresholds=None) -> Dict[str, object]:
     """Standard verification metrics for pairs of embeddings.
 
     Args:
       emb_a, emb_b: ``(num_pairs, dim)`` embeddings of the two sides of each pair.
       is_same: ``(num_pairs,)`` booleans.
-      num_folds: folds of :func:`kfold_verification`.
-      fars: false accept rates for :func:`tar_at_far`.
+      num_folds, layout: folds of :func:`kfold_verification` and :func:`val_at_far`.
+      fars: false accept rates for :func:`tar_at_far` and :func:`val_at_far`.
+      thresholds: accuracy threshold search of :func:`best_threshold`
+        (None: exact; :data:`ROC_THRESHOLDS`: insightface's grid).
 
     Returns:
-      flat dict ``{"accuracy": mean k-fold accuracy, "accuracy_std": its
-      population std, far_key(f): TAR at f for f in fars}``, e.g.
-      ``tar_at_far_1e-03``.
+      flat dict: ``accuracy`` (mean k-fold accuracy), ``accuracy_std`` (its
+      population std), ``fold_layout``, ``num_folds``; the in-sample ROC TAR
+      ``tar_at_far_1e-03`` with ``tar_at_far_1e-03_achieved_far`` and
+      ``tar_at_far_impostor_pairs`` (all negatives); the cross-validated
+      ``val_cv_at_far_1e-03`` with ``_std`` and ``_achieved_far`` and
+      ``val_cv_impostor_pairs_per_fold`` (one entry per far for the rates).
     """
     a, b = _check_pair_embeddings(emb_a, emb_b)
     s = _as_bool_array(is_same, "is_same")
     if s.shape[0] != a.shape[0]:
         raise ValueError(f"is_same has {s.shape[0]} entries but there are {a.shape[0]} pairs")
-    return _metrics_from_distances(pair_distances(a, b), s, num_folds, fars)
+    return _metrics_from_distances(pair_distances(a, b), s, num_folds, fars, layout, thresholds)
+
+
+def metrics_json_keys(result: Dict[str, object], prefix: str) -> Dict[str, object]:
+    """The keys of a :func:`verification_metrics` result as a report writes them:
+    ``accuracy`` -> ``<prefix>verification_accuracy``, every rate and count
+    ``<prefix><key>``; ``fold_layout`` and ``num_folds`` are left to the caller
+    (one per pair list, shared by the real and reconstruction rows)."""
+    out = {}
+    for key, value in result.items():
+        if key in ("fold_layout", "num_folds"):
+            continue
+        name = "verification_" + key if key.startswith("accuracy") else key
+        out[prefix + name] = value
+    return out
 
 
 def reconstruction_protocol(real_embeddings, recon_embeddings, idx_a, idx_b, is_same,
-                            num_folds: int = 10,
-                            fars: Sequence[float] = (1e-3,)) -> Dict[str, float]:
+                            num_folds: int = 10, fars: Sequence[float] = (1e-3,),
+                            layout: str = "auto", thresholds=None) -> Dict[str, object]:
     """DiBiGAN reconstruction verification protocol (paper, section 4.2).
 
     The pairs ``(idx_a[p], idx_b[p])`` are scored as in
@@ -557,7 +781,7 @@ def reconstruction_protocol(real_embeddings, recon_embeddings, idx_a, idx_b, is_
         embedding of the image reconstructed from image ``i``'s features.
       idx_a, idx_b: ``(num_pairs,)`` integer image indices.
       is_same: ``(num_pairs,)`` booleans.
-      num_folds, fars: as in :func:`verification_metrics`.
+      num_folds, fars, layout, thresholds: as in :func:`verification_metrics`.
 
     Returns:
       the same dict as :func:`verification_metrics`.
@@ -575,7 +799,8 @@ def reconstruction_protocol(real_embeddings, recon_embeddings, idx_a, idx_b, is_
                          f"{ia.shape[0]}, {ib.shape[0]} and {s.shape[0]}")
     emb_a = np.where(s[:, None], recon[ia], real[ia])
     emb_b = real[ib]
-    return verification_metrics(emb_a, emb_b, s, num_folds=num_folds, fars=fars)
+    return verification_metrics(emb_a, emb_b, s, num_folds=num_folds, fars=fars, layout=layout,
+                                thresholds=thresholds)
 
 
 def nearest_centroid_labels(embeddings, labels, centroid_embeddings,

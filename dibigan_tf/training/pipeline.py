@@ -394,10 +394,11 @@ def run_student(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
                                         num_folds=folds)
         prefix = "" if name == "sampled" else "pairs_file_"
         metrics[f"{prefix}num_pairs"] = int(len(same))
-        metrics[f"{prefix}real_verification_accuracy"] = real["accuracy"]
-        metrics[f"{prefix}student_verification_accuracy"] = stud["accuracy"]
-        metrics[f"{prefix}real_tar_at_far_1e-03"] = real["tar_at_far_1e-03"]
-        metrics[f"{prefix}student_tar_at_far_1e-03"] = stud["tar_at_far_1e-03"]
+        # a filtered LFW file keeps its order (e.g. pairsDevTrain.txt: positives, then
+        # negatives): its folds are stratified, and the layout is recorded
+        metrics[f"{prefix}fold_layout"] = real["fold_layout"]
+        metrics.update(ver.metrics_json_keys(real, f"{prefix}real_"))
+        metrics.update(ver.metrics_json_keys(stud, f"{prefix}student_"))
     # how closely F^S's input gradients (Eq. 7's embedding term) follow those of F itself, when
     # a differentiable copy of F exists (dlib on aligned chips: its Keras model)
     from dibigan_tf.matchers.dlib_keras import differentiable_reference

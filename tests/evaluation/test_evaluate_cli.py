@@ -112,6 +112,21 @@ def test_bin_pairs_with_a_keras_matcher_and_a_malicious_bin(tmp_path):
     assert metrics["num_pairs_positive"] == 10 and metrics["num_pairs_negative"] == 10
     assert metrics["images"] == 40 and metrics["blackbox_queries"] == 40
     assert "real_verification_accuracy: " in run.stdout
+    # 10 positives then 10 negatives: stratified folds, both TAR definitions with their counts
+    assert metrics["fold_layout"] == "stratified" and metrics["flip_tta"] is False
+    assert metrics["real_tar_at_far_impostor_pairs"] == 10
+    assert metrics["real_val_cv_impostor_pairs_per_fold"] == 1
+    assert 0.0 <= metrics["real_val_cv_at_far_1e-03"] <= 1.0
+    # flip test-time augmentation: every mirror is one more query (the store of the first run
+    # answers the unflipped images)
+    flipped = _run("--matcher=keras", f"--matcher_path={tmp_path / 'm.keras'}",
+                   f"--pairs={tmp_path / 'pairs.bin'}", f"--output_dir={tmp_path / 'flip'}",
+                   "--align_template=none", "--align_size=16", "--flip_tta",
+                   f"--feature_store_dir={out / 'features'}")
+    assert flipped.returncode == 0, (flipped.stdout + flipped.stderr)[-3000:]
+    flip_metrics = json.loads((tmp_path / "flip" / "metrics.json").read_text())
+    assert flip_metrics["flip_tta"] is True
+    assert flip_metrics["blackbox_queries"] == 80 and flip_metrics["blackbox_queries_this_run"] == 40
 
     exploit = _Exploit()
     exploit.target = str(tmp_path / "pwned")

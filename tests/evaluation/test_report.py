@@ -32,6 +32,12 @@ def test_evaluate_reconstructions_perfect_vs_wrong_class():
     assert wrong["feature_cosine_mean"] < 0.1
     assert wrong["recon_verification_accuracy"] < 0.6
     assert wrong["num_pairs_positive"] == 300 and wrong["num_pairs_negative"] == 300
+    # make_pairs' LFW blocks; both TAR definitions with the impostor counts behind them
+    assert wrong["fold_layout"] == "lfw_blocks" and wrong["num_folds"] == 10
+    assert wrong["real_tar_at_far_impostor_pairs"] == 300
+    assert wrong["recon_val_cv_impostor_pairs_per_fold"] == 30
+    assert 0.0 <= wrong["recon_val_cv_at_far_1e-03"] <= 1.0
+    assert 0.0 <= wrong["real_tar_at_far_1e-03_achieved_far"] <= 1e-3
     # where they went: every class into the next one (index + 25 rows = class + 1 mod 4)
     assert perfect["recon_class_confusion"] == {"classes": [0, 1, 2, 3],
                                                 "counts": (np.eye(4, dtype=int) * 25).tolist()}
@@ -69,6 +75,7 @@ def test_write_report_contents(tmp_path):
     assert Image.open(tmp_path / "reconstructions.png").size == (16, 8)
     text = (tmp_path / "report.md").read_text()
     assert "2.00 points" in text and "| gan | 300.0 |" in text
+    assert "10 folds, lfw_blocks" in text
     assert "reconstructions.png" in text and "`recon_class_agreement` | 0.9700" in text
     assert "Where reconstructions go" not in text
     metrics["recon_class_confusion"] = {"classes": [0, 1], "counts": [[5, 1], [0, 6]]}
