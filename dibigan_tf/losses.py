@@ -245,6 +245,13 @@ def replica_gather(tensors):
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return tensors, 0
     offset = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * tf.shape(tensors[0])[0]
+    # MultiWorkerMirroredStrategy gathers "to" the value itself and refuses a tensor without a
+    # device ("destinations can not be empty"): on a worker with one replica, pin each one to
+    # that replica's device first
+    devices = tuple(ctx.strategy.extended.worker_devices)
+    if len(devices) == 1:
+        with tf.device(devices[0]):
+            tensors = [tf.identity(t) for t in tensors]
     return [ctx.all_gather(t, axis=0) for t in tensors], offset
 
 
