@@ -6,7 +6,9 @@ for type-I and type-II attacks, MS-SSIM diversity and the Inception Score.
   F's distance is below the threshold at which F falsely accepts a share FAR of impostor pairs of
   *real* images (the matcher's own operating point), and TAR is the share accepted.
 - **MS-SSIM** between images of random pairs of different people, for reconstructions and for the
-  real images (the paper's diversity measure: lower is more diverse).
+  real images (the paper's diversity measure: lower is more diverse): `ms_ssim_of`, TensorFlow's
+  with the scales the image size allows, and `ms_ssim_pggan`, the PGGAN / AC-GAN reference's
+  (5 scales, window shrunk per scale) that the paper's Table 2 follows.
 - **Inception Score** exp(E_x KL(p(y|x) || p(y))) from an ImageNet InceptionV3 whose weights are
   a local file (no download is ever attempted).
 """
