@@ -126,7 +126,8 @@ def test_bin_pairs_with_a_keras_matcher_and_a_malicious_bin(tmp_path):
     assert flipped.returncode == 0, (flipped.stdout + flipped.stderr)[-3000:]
     flip_metrics = json.loads((tmp_path / "flip" / "metrics.json").read_text())
     assert flip_metrics["flip_tta"] is True
-    assert flip_metrics["blackbox_queries"] == 80 and flip_metrics["blackbox_queries_this_run"] == 40
+    assert flip_metrics["blackbox_queries"] == 80
+    assert flip_metrics["blackbox_queries_this_run"] == 40
 
     exploit = _Exploit()
     exploit.target = str(tmp_path / "pwned")
