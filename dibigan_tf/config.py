@@ -2,8 +2,68 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional, Sequence
 
-from dibigan_tf.training.gan import GanConfig
+from dibigan_tf.schedule import ProgressiveSchedule
+
+
+@dataclasses.dataclass
+class GanConfig:
+    generator: str = "feature_conditional"   # or "pggan" (configurations A-C)
+    latent_dim: int = 128
+    start_resolution: int = 8
+    num_blocks: int = 3
+    g_channels: Sequence[int] = (128, 64, 32)
+    d_channels: Sequence[int] = (128, 64, 32)
+    mapping_layers: int = 8
+    mapping_dim: int = 256
+    # StyleGAN slows its mapping by 0.01 because its input is noise; here the branch carries the
+    # identity and must learn at G's pace (the paper gives no multiplier).
+    mapping_lr_mul: float = 1.0
+    stable_images: Sequence[int] = (20000, 20000, 40000)
+    fade_images: Sequence[int] = (0, 10000, 10000)
+    base_batch_size: int = 128
+    base_batch_resolution: int = 4
+    batch_sizes: Optional[Sequence[int]] = None
+    learning_rate: float = 0.0015
+    beta_1: float = 0.0
+    beta_2: float = 0.99
+    gp_weight: float = 10.0
+    drift: float = 0.001
+    alpha_b: float = 0.001        # alpha of section 3.4 (lambda_b = alpha e^(R_M - R))
+    beta_adv: float = 1.0         # beta of section 3.4 (lambda_adv = beta e^R)
+    tap_weight: float = 1.0       # lambda_j
+    embedding_weight: float = 10.0  # lambda_a
+    recon_weight: float = 1.0     # a constant on lambda_r (L_recon is a per-pixel mean, see losses)
+    biject_margin: float = -1.0   # m of Eq. 5; < 0: the median inter-identity distance of reals
+    biject_reading: str = "spatial"   # how Eq. 4 reads a latent (losses.BIJECT_READINGS)
+    use_biject: bool = True
+    use_distill: bool = True
+    use_adv: bool = True
+    use_recon: bool = True
+    ema_kimg: float = 10.0        # EMA half-life in thousands of images
+    # How matcher features are scaled before G (see GanTrainer.condition): "global" centres each
+    # dimension and divides by one scale for all; "per_dim" divides each dimension by its own
+    # standard deviation (with a floor).
+    feature_norm: str = "global"
+    condition_noise: float = 0.0  # std of Gaussian noise added to G's condition while training
+    seed: int = 3
+    log_every: int = 50
+    image_every: int = 500
+    jit_compile: bool = False
+    # float32, mixed_float16 or mixed_bfloat16 for G and D (training/precision.py)
+    mixed_precision: str = "float32"
+    # Stable phases read the real images' F^S/H outputs from a per-phase cache (see
+    # GanTrainer.uses_cached_targets); False computes them in every step (same losses, slower).
+    cache_real_targets: bool = True
+
+    def schedule(self) -> ProgressiveSchedule:
+        return ProgressiveSchedule(self.num_blocks, self.start_resolution,
+                                   list(self.stable_images), list(self.fade_images),
+                                   base_batch_size=self.base_batch_size,
+                                   base_batch_resolution=self.base_batch_resolution,
+                                   batch_sizes=(list(self.batch_sizes) if self.batch_sizes
+                                                else None))
 
 
 @dataclasses.dataclass

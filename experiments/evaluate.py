@@ -62,7 +62,7 @@ flags.DEFINE_string("heldout_of", "", "A training run directory: keep only the p
 def _pair_images(align_key_out):
     """(images uint8 [n,h,w,3], names [n], idx_a, idx_b, is_same) of the pairs."""
     import numpy as np
-    from dibigan_tf.data.digits import DataError
+    from dibigan_tf.data.base import DataError
     from dibigan_tf.data.faces import PairFiles, load_face_folders, read_lfw_pairs
     if FLAGS.pairs.endswith(".bin"):
         from dibigan_tf.data.insightface_bin import read_verification_bin
@@ -138,7 +138,7 @@ MIN_REPORTED_PAIRS = 100
 
 def _check_pairs(same):
     """Verification needs pairs of both kinds: refused before any query otherwise."""
-    from dibigan_tf.data.digits import DataError
+    from dibigan_tf.data.base import DataError
     positives, negatives = int(same.sum()), int((~same).sum())
     if not positives or not negatives:
         raise DataError(f"{FLAGS.pairs}: the pairs left are all "
@@ -287,7 +287,7 @@ def main(argv):
     if FLAGS.matcher == "lenet":
         raise app.UsageError("evaluate.py needs a matcher it can open: --matcher=dlib, onnx, "
                              "keras, savedmodel or http")
-    from dibigan_tf.data.digits import DataError
+    from dibigan_tf.data.base import DataError
     from dibigan_tf.evaluation.attack import InceptionError
     from dibigan_tf.matchers.base import MatcherError
     try:

@@ -41,7 +41,7 @@ flags.DEFINE_integer("seed", 0, "Seed of the draw.")
 def folder_people(root):
     """({name: sorted image numbers}, files skipped) of every identity folder under `root` (or
     its images/ folder): numbers as `numbered_images` gives them; non-image files are skipped."""
-    from dibigan_tf.data.digits import DataError
+    from dibigan_tf.data.base import DataError
     from dibigan_tf.data.faces import folder_images, numbered_images
     if not os.path.isdir(root):
         raise DataError(f"--data_dir={root}: no such folder")
@@ -137,7 +137,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.out or not (FLAGS.heldout_of or FLAGS.data_dir):
         raise app.UsageError("give --out and --heldout_of or --data_dir")
-    from dibigan_tf.data.digits import DataError
+    from dibigan_tf.data.base import DataError
     from dibigan_tf.data.faces import heldout_image_paths
     skipped = 0
     try:

@@ -226,7 +226,7 @@ def main(argv):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.cpu_replicas)
-    from dibigan_tf.data.digits import DataError
+    from dibigan_tf.data.base import DataError
     from dibigan_tf.matchers.base import MatcherError
     from dibigan_tf.training.common import StopRequested, TrainingError
     from dibigan_tf.training.pipeline import (check_config, run_align, run_blackbox,

@@ -18,7 +18,9 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from dibigan_tf.matchers.dlib_matcher import CHIP_PADDING, dlib_models
+from dibigan_tf.data.dlib_models import CHIP_PADDING, dlib_models
+from dibigan_tf.data.similarity import (arcface_points, arcface_template, estimate_similarity,
+                                        warp_affine)
 
 MULTIPLE_RULES = ("largest", "central")
 NONE_RULES = ("skip", "center_crop")
@@ -137,6 +139,35 @@ class ResizeOnly:
         return AlignResult(np.asarray(out, dtype=np.uint8), "ok", 1)
 
 
+class ArcFaceAligner(DlibAligner):
+    """Crops in insightface's ArcFace layout (112x112 by default), with DlibAligner's detection
+    and rules (`multiple="largest"|"central"`, `none="skip"|"center_crop"`)."""
+
+    def __init__(self, size: int = 112, multiple: str = "largest", none: str = "skip",
+                 upsample: int = 1, center_fraction: float = 0.5):
+        super().__init__(size=size, multiple=multiple, none=none, upsample=upsample,
+                         center_fraction=center_fraction)
+        _, models = dlib_models()
+        self._shape68 = self._dlib.shape_predictor(models.pose_predictor_model_location())
+        self.template = arcface_template(self.size)
+
+    @property
+    def key(self) -> str:
+        """Identifies the crops this aligner makes (for caches)."""
+        return (f"arcface-{self.size}-{self.multiple}-{self.none}-u{self.upsample}" +
+                (f"-c{self.center_fraction:g}" if self.none == "center_crop" else ""))
+
+    def landmarks(self, image: np.ndarray, rect) -> np.ndarray:
+        """The five ArcFace points [5, 2] of the face in `rect` (a dlib rectangle)."""
+        return arcface_points(self._shape68(np.ascontiguousarray(image), rect))
+
+    def _warp(self, image, face):
+        """The face warped onto the ArcFace template by the least-squares similarity of its five
+        points (detection and the several/no-face rules are DlibAligner's)."""
+        matrix = estimate_similarity(self.landmarks(image, face), self.template)
+        return warp_affine(image, matrix, self.size)
+
+
 def make_aligner(template: str = "dlib", size: int = 150, multiple: str = "largest",
                  none: str = "skip", upsample: int = 1):
     """The aligner of a template: "dlib" (dlib's face chip), "arcface" (the ArcFace 112x112
@@ -146,6 +177,5 @@ def make_aligner(template: str = "dlib", size: int = 150, multiple: str = "large
     if template == "dlib":
         return DlibAligner(size=size, multiple=multiple, none=none, upsample=upsample)
     if template == "arcface":
-        from dibigan_tf.data.similarity import ArcFaceAligner
         return ArcFaceAligner(size=size, multiple=multiple, none=none, upsample=upsample)
     raise ValueError(f"unknown alignment template {template!r} (dlib, arcface, none)")

@@ -10,15 +10,19 @@ The transform is about the image centre (MNIST digits are centred by their centr
 bilinear resampling: rotation in [-max_rotation, max_rotation] degrees, isotropic scale in
 [1 - max_scale, 1 + max_scale], horizontal shear in [-max_shear, max_shear] and a translation of
 up to max_shift pixels in each direction.
+
+`random_shift` is the other augmentation: a whole-pixel translation of a training batch inside
+the step (F^S, LeNet and H), drawn per global batch by the input pipeline.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
-from dibigan_tf.data.digits import DataError, ImageSet
+from dibigan_tf.data.base import DataError, ImageSet
 
 
 def random_affine_params(rng, max_rotation=12.0, max_scale=0.1, max_shear=0.15, max_shift=1.0):
@@ -75,3 +79,24 @@ def concatenate(*sets: ImageSet) -> ImageSet:
             raise DataError("cannot join image sets with different classes or image shapes")
     return ImageSet(np.concatenate([s.images for s in sets]),
                     np.concatenate([s.labels for s in sets]), list(first.class_names))
+
+
+# the input pipeline's draw for random_shift: one (dy, dx) pair per global batch
+SHIFT_NOISE = {"noise_shift": ((2,), "uniform_per_batch")}
+
+
+def random_shift(images, max_shift, uniform, background=-1.0):
+    """Random translation by up to `max_shift` pixels (padding with `background`: -1 for images
+    in [-1, 1], 0 for pixel values), one shift per batch (a single crop: per-example shifts
+    through map_fn cost more than the step they feed).
+
+    uniform: the batch's SHIFT_NOISE draws ([batch, 2] in [0, 1), every row the same, so every
+    replica of a split global batch shifts alike)."""
+    if max_shift <= 0:
+        return images
+    padded = tf.pad(images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]],
+                    constant_values=background)
+    offsets = tf.cast(tf.floor(uniform[0] * (2 * max_shift + 1)), tf.int32)
+    offsets = tf.minimum(offsets, 2 * max_shift)
+    shape = tf.shape(images)
+    return tf.slice(padded, tf.stack([0, offsets[0], offsets[1], 0]), shape)

@@ -17,7 +17,7 @@ import os
 
 from absl import logging
 
-from dibigan_tf.data.digits import DataError
+from dibigan_tf.data.base import DataError
 
 IDENTITY_FILE_NAMES = ("identity_CelebA.txt", "identity.txt")
 IMAGE_DIR_NAMES = ("img_celeba", "img_align_celeba", "images")

@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from dibigan_tf.data.digits import DataError, ImageSet
+from dibigan_tf.data.base import DataError, ImageSet
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 

@@ -17,7 +17,7 @@ import pickle
 
 import numpy as np
 
-from dibigan_tf.data.digits import DataError
+from dibigan_tf.data.base import DataError
 from dibigan_tf.data.faces import open_image, to_rgb
 
 

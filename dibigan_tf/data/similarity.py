@@ -4,16 +4,13 @@
 reflection) of Umeyama (1991). `warp_affine` warps with PIL. Coordinates are pixel indices, pixel
 (x, y)'s centre at (x, y), as in OpenCV's `warpAffine` that insightface aligns with.
 
-`ArcFaceAligner` detects faces exactly like `DlibAligner` (same detector, upsampling and
-several-faces / no-face rules), places dlib's 68 landmarks, reduces them to ArcFace's five points
-(eye centres, nose tip, mouth corners) and warps the similarity of those onto the template.
+`data.align.ArcFaceAligner` uses them: it detects faces like `DlibAligner`, reduces dlib's 68
+landmarks to ArcFace's five points (`arcface_points`) and warps their similarity onto the template.
 """
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-
-from dibigan_tf.data.align import DlibAligner
 
 #: left eye, right eye, nose tip, left mouth corner, right mouth corner (image left/right) in a
 #: 112x112 crop; scaled by size / 112 for other sizes.
@@ -90,33 +87,3 @@ def arcface_points(shape68) -> np.ndarray:
         raise ValueError(f"need 68 landmarks, got {points.shape}")
     return np.stack([points[36:42].mean(axis=0), points[42:48].mean(axis=0), points[30],
                      points[48], points[54]])
-
-
-class ArcFaceAligner(DlibAligner):
-    """Crops in insightface's ArcFace layout (112x112 by default), with DlibAligner's detection
-    and rules (`multiple="largest"|"central"`, `none="skip"|"center_crop"`)."""
-
-    def __init__(self, size: int = 112, multiple: str = "largest", none: str = "skip",
-                 upsample: int = 1, center_fraction: float = 0.5):
-        super().__init__(size=size, multiple=multiple, none=none, upsample=upsample,
-                         center_fraction=center_fraction)
-        from dibigan_tf.matchers.dlib_matcher import dlib_models
-        _, models = dlib_models()
-        self._shape68 = self._dlib.shape_predictor(models.pose_predictor_model_location())
-        self.template = arcface_template(self.size)
-
-    @property
-    def key(self) -> str:
-        """Identifies the crops this aligner makes (for caches)."""
-        return (f"arcface-{self.size}-{self.multiple}-{self.none}-u{self.upsample}" +
-                (f"-c{self.center_fraction:g}" if self.none == "center_crop" else ""))
-
-    def landmarks(self, image: np.ndarray, rect) -> np.ndarray:
-        """The five ArcFace points [5, 2] of the face in `rect` (a dlib rectangle)."""
-        return arcface_points(self._shape68(np.ascontiguousarray(image), rect))
-
-    def _warp(self, image, face):
-        """The face warped onto the ArcFace template by the least-squares similarity of its five
-        points (detection and the several/no-face rules are DlibAligner's)."""
-        matrix = estimate_similarity(self.landmarks(image, face), self.template)
-        return warp_affine(image, matrix, self.size)

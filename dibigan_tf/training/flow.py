@@ -8,8 +8,9 @@ import tensorflow as tf
 from dibigan_tf.keras_compat import keras
 from dibigan_tf.models.flow import (ClassConditionalGaussianPrior, bits_per_dim, build_flow,
                                     dequantize, nll_loss, to_pixels)
-from dibigan_tf.training.classifier import SHIFT_NOISE, random_shift
-from dibigan_tf.training.common import Stage, build_optimizer, image_grid
+from dibigan_tf.data.augment import SHIFT_NOISE, random_shift
+from dibigan_tf.data.images import image_grid
+from dibigan_tf.training.common import Stage, build_optimizer
 from dibigan_tf.training.loops import distributed_step, run_phase
 
 

@@ -774,7 +774,7 @@ def _unit_rows(features):
 def _flow_latents(flow, batch_size=250):
     """A function: uint8 images -> H(x) flattened, [N, D]; its tf.function is traced once per
     batch shape, however many image sets it is given."""
-    from dibigan_tf.matchers.lenet import uint8_to_unit
+    from dibigan_tf.data.images import uint8_to_unit
     from dibigan_tf.training.gan import flow_input
     latent_fn = tf.function(lambda x: flow.forward(flow_input(x))[0])
 

@@ -7,9 +7,9 @@ import numpy as np
 import tensorflow as tf
 
 from dibigan_tf import losses
-from dibigan_tf.matchers.lenet import uint8_to_unit
+from dibigan_tf.data.images import uint8_to_unit
 from dibigan_tf.models.student import build_student
-from dibigan_tf.training.classifier import SHIFT_NOISE, random_shift
+from dibigan_tf.data.augment import SHIFT_NOISE, random_shift
 from dibigan_tf.training import precision
 from dibigan_tf.training.common import Stage, build_optimizer
 from dibigan_tf.training.loops import distributed_step, run_phase

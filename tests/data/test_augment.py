@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from dibigan_tf.data.augment import affine_copies, affine_image, concatenate
-from dibigan_tf.data.digits import DataError, ImageSet, load_embedded_digits
+from dibigan_tf.data.base import DataError, ImageSet
+from dibigan_tf.data.digits import load_embedded_digits
 
 
 def _square_image():

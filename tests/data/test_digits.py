@@ -3,7 +3,8 @@ import gzip
 import numpy as np
 import pytest
 
-from dibigan_tf.data.digits import (DataError, balanced_holdout_split, load_digits_csv,
+from dibigan_tf.data.base import DataError
+from dibigan_tf.data.digits import (balanced_holdout_split, load_digits_csv,
                                     load_embedded_digits)
 
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from dibigan_tf.data.align import AlignResult
-from dibigan_tf.data.digits import DataError
+from dibigan_tf.data.base import DataError
 from dibigan_tf.data.faces import (load_face_folders, read_lfw_pairs, read_lfw_people,
                                    read_rgb, resize_images, scan_identity_folders,
                                    split_identities)

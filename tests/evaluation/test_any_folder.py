@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dibigan_tf.data.digits import DataError
+from dibigan_tf.data.base import DataError
 from dibigan_tf.data.faces import PairFiles, numbered_images, read_lfw_pairs
 from tests.matchers.test_adapters import serve  # noqa: F401  (a matcher server on 127.0.0.1)
 from tests.training.test_pipeline_resume import ROOT

@@ -85,7 +85,7 @@ def _trained_generator_and_evaluate_cli(tmp_path, run_dir, report):
     from dibigan_tf.evaluation.verification import cosine_similarity_rows
     from dibigan_tf.keras_compat import keras
     from dibigan_tf.matchers.lenet import LeNetMatcher
-    from dibigan_tf.models.lenet import feature_model
+    from dibigan_tf.matchers.lenet import feature_model
     from dibigan_tf.training.gan import TrainedGenerator
     split = json.loads((run_dir / "split.json").read_text())
     digits = load_embedded_digits()

@@ -152,7 +152,7 @@ def test_flow_from_run_with_other_shape_flags_is_refused(tmp_path):
 def test_flow_trains_on_whole_pixel_shifts_with_background_zero(tmp_path):
     import numpy as np
     import tensorflow as tf
-    from dibigan_tf.training.classifier import random_shift
+    from dibigan_tf.data.augment import random_shift
     from dibigan_tf.training.flow import train_flow
     pixels = tf.reshape(tf.range(1.0, 17.0), [1, 4, 4, 1])
     # draw (0, 0) of 5 positions per axis: the image moves down-right by 2, zeros come in

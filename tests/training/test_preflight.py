@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dibigan_tf.config import MatcherConfig, RunConfig
-from dibigan_tf.data.digits import ImageSet
+from dibigan_tf.data.base import ImageSet
 from dibigan_tf.training import pipeline
 from dibigan_tf.training.common import TrainingError
 from dibigan_tf.training.gan import GanConfig

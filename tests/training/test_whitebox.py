@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from dibigan_tf.matchers.base import MatcherError, WhiteboxNetwork
 from dibigan_tf.matchers.lenet import LeNetMatcher
-from dibigan_tf.models.lenet import build_lenet
+from dibigan_tf.matchers.lenet import build_lenet
 from tests.matchers.test_store import CountingMatcher
 from tests.training.test_pipeline_resume import ROOT, TINY
 
