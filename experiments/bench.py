@@ -1,7 +1,7 @@
 """Throughput of one training step of each trainable, as a table and a JSON file.
 
     python experiments/bench.py [--only=flow,student,gan,pipeline,features] [--steps=10]
-        [--jit_compile] [--mixed_precision=mixed_bfloat16] [--out=bench.json]
+        [--jit_compile] [--mixed_precision=mixed_bfloat16] [--out=bench.json] [--tf_threads=1]
 
 Each row: images per second after a warm-up (the first call traces the tf.function), with the
 batch size and resolution stated. Run on an otherwise idle machine.
@@ -21,8 +21,13 @@ from dibigan_tf.training.precision import POLICIES  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("only", ["flow", "student", "gan", "pipeline", "features"], "Which "
                   "benchmarks to run (pipeline: the prefetched input pipeline alone; features: "
-                  "dlib alignment and feature extraction).")
+                  "dlib alignment, and dlib's descriptor against its Keras model).")
 flags.DEFINE_integer("feature_images", 64, "Images per dlib extraction row.")
+flags.DEFINE_integer("descriptor_batch", 16, "Chips per call in the dlib descriptor rows, the "
+                     "same for dlib and for its Keras model.")
+flags.DEFINE_integer("tf_threads", 0, "TensorFlow's intra- and inter-op threads for every row "
+                     "(0: its default, every core; dlib's descriptor, built without BLAS, always "
+                     "runs on one thread, so --tf_threads=1 compares the two thread for thread).")
 flags.DEFINE_list("query_runs", [], "Run directories whose report/metrics.json query counts "
                   "are listed with the time they take at the measured dlib rate.")
 flags.DEFINE_integer("steps", 10, "Timed steps per row (after one warm-up step).")
@@ -266,13 +271,29 @@ def _face_photo():
         return None
 
 
-def bench_features(n):
-    """dlib's ResNet descriptor per image (the blackbox queries of a face run) and the
-    detector + 5-point alignment per photo."""
+def _descriptor_chips(chip, n, size):
+    """n chips of `size`: the photo's chip shifted by up to 3 pixels and mirrored (98 distinct
+    ones, then again), the same for every matcher."""
     import numpy as np
     from PIL import Image
+    out = []
+    for i in range(n):
+        dy, dx = i % 7 - 3, (i // 7) % 7 - 3
+        moved = np.roll(chip, (dy, dx), axis=(0, 1))
+        moved = moved[:, ::-1] if (i // 49) % 2 else moved
+        out.append(np.asarray(Image.fromarray(np.ascontiguousarray(moved)).resize((size, size))))
+    return np.stack(out)
+
+
+def bench_features(n):
+    """dlib's ResNet descriptor per image (the blackbox queries of a face run), by dlib and by
+    its Keras model (--matcher=dlib_keras) on the same chips in batches of the same size, side
+    by side, and the detector + 5-point alignment per photo."""
     from dibigan_tf.data.align import DlibAligner
+    from dibigan_tf.matchers.dlib_keras import DlibKerasMatcher
     from dibigan_tf.matchers.dlib_matcher import DlibMatcher
+    from PIL import Image
+    import numpy as np
     rows = []
     photo = _face_photo()
     if photo is None:
@@ -280,16 +301,24 @@ def bench_features(n):
         return rows
     aligner = DlibAligner(size=150)
     chip = aligner.align(photo).image
+    batch = FLAGS.descriptor_batch
     for size in (150, 64):
-        images = np.stack([np.asarray(Image.fromarray(chip).resize((size, size)))] * n)
-        matcher = DlibMatcher(image_size=size)
-        matcher.embed(images[:2])
-        start = time.perf_counter()
-        matcher.embed(images)
-        dt = (time.perf_counter() - start) / n
-        rows.append({"name": "dlib descriptor (blackbox query), aligned chip",
-                     "resolution": f"{size}x{size}x3", "batch": n, "seconds_per_step": dt,
-                     "images_per_second": 1.0 / dt})
+        images = _descriptor_chips(chip, n, size)
+        rates = {}
+        for label, matcher in (
+                ("dlib descriptor (blackbox query), aligned chip",
+                 DlibMatcher(image_size=size, batch_size=batch)),
+                ("Keras model of dlib's descriptor (dlib_keras)",
+                 DlibKerasMatcher(image_size=size, batch_size=batch))):
+            matcher.embed(images[:batch])   # warm-up (and the Keras model's trace)
+            start = time.perf_counter()
+            matcher.embed(images)
+            dt = (time.perf_counter() - start) / n
+            rates[matcher.name] = 1.0 / dt
+            rows.append({"name": label, "resolution": f"{size}x{size}x3", "batch": batch,
+                         "images": n, "seconds_per_step": dt * batch,
+                         "images_per_second": 1.0 / dt})
+        rows[-1]["speedup_over_dlib"] = rates["dlib_keras"] / rates["dlib"]
     photos = [np.asarray(Image.fromarray(photo).resize((250, 250)))] * max(n // 2, 4)
     start = time.perf_counter()
     for p in photos:
@@ -329,6 +358,10 @@ def _query_lines(rows):
 
 def main(argv):
     del argv
+    if FLAGS.tf_threads:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.tf_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.tf_threads)
     rows = []
     if "flow" in FLAGS.only:
         rows += bench_flow(FLAGS.steps, FLAGS.jit_compile)
@@ -361,6 +394,10 @@ def main(argv):
               f"{extra}")
     if peak:
         rows.append({"name": "machine matmul", "gflops_per_second": peak / 1e9})
+    for r in rows:
+        if "speedup_over_dlib" in r:
+            print(f"dlib_keras / dlib at {r['resolution']}, batch {r['batch']}: "
+                  f"{r['speedup_over_dlib']:.1f}x")
     for line in _query_lines(rows):
         print(line)
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)

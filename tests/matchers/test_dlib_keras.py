@@ -132,6 +132,13 @@ def test_trailing_or_altered_bytes_are_refused(tmp_path):
     with pytest.raises(DlibDatError) as error:
         read_dlib_network(altered)
     assert "wrapper 0 (fc" in _one_line(error, altered) and "at byte 29 " in str(error.value)
+    # a layer name: the first relu_ (the stem's) renamed
+    at = data.index(b"\x01\x05relu_")
+    renamed = tmp_path / "renamed.dat"
+    renamed.write_bytes(data[:at] + b"\x01\x05reLU_" + data[at + 7:])
+    with pytest.raises(DlibDatError, match=rf"relu layer is 'reLU_', expected 'relu_' at byte "
+                                           rf"{at} "):
+        read_dlib_network(renamed)
     with pytest.raises(MatcherError, match="cannot read"):
         read_dlib_network(tmp_path / "missing.dat")
 
