@@ -139,6 +139,8 @@ def student_gradient_cosine(student, reference, images, labels, *, num_images=25
     """
     from dibigan_tf.matchers.base import WhiteboxNetwork
     images, labels = np.asarray(images), np.asarray(labels)
+    if len(images) == 0:
+        return {"student_gradient_images": 0}
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.permutation(len(images))[:num_images])
     partners = []
