@@ -225,6 +225,7 @@ class Stage:
         one. Every checkpoint damaged: a TrainingError naming the folder to delete."""
         candidates = list(reversed(self.manager.checkpoints))
         if not candidates:
+            self._agreed_checkpoint(None, candidates)
             return False
         damaged = []
         for path in candidates:
@@ -237,6 +238,12 @@ class Stage:
             raise TrainingError(f"{self.name}: every checkpoint in {self.manager.directory} is "
                                 f"damaged ({'; '.join(damaged)}); delete that folder to train "
                                 f"the stage from the start")
+        agreed = self._agreed_checkpoint(path, candidates)
+        if agreed != path:
+            self.checkpoint.restore(agreed).expect_partial()
+            path = agreed
+            if self.is_done():   # this worker had finished; the others had not: train on
+                os.replace(self.done_path, self.done_path + ".ahead")
         if damaged:
             logging.warning("%s: damaged checkpoint %s; resuming from the newest intact one, %s",
                             self.name, "; ".join(damaged), path)
@@ -253,6 +260,38 @@ class Stage:
             logging.info("%s: resuming at step %d (%d images seen) from %s", self.name,
                          int(self.step.numpy()), int(self.images_seen.numpy()), path)
         return True
+
+    def _agreed_checkpoint(self, path, candidates):
+        """Under a multi-worker strategy, the checkpoint every worker resumes from: the one of
+        the lowest step any worker has as its latest (a worker killed between a step and its
+        save is one checkpoint behind the others; resuming at different steps would put the
+        workers at different data positions). Every worker calls this at the same point, with or
+        without a checkpoint. A TrainingError when a worker lacks the agreed checkpoint."""
+        workers = getattr(getattr(self.strategy, "extended", None), "_num_workers", 1)
+        if workers <= 1:
+            return path
+        local = int(os.path.basename(path).rsplit("-", 1)[1]) if path else 0
+        device = self.strategy.extended.worker_devices[0]
+
+        def gather():
+            with tf.device(device):
+                mine = tf.identity(tf.constant([local], tf.int64))
+            return tf.distribute.get_replica_context().all_gather(mine, axis=0)
+        steps = self.strategy.experimental_local_results(
+            tf.function(lambda: self.strategy.run(gather))())[0].numpy()
+        common = int(steps.min())
+        if common == local:
+            return path
+        for candidate in candidates:
+            if int(os.path.basename(candidate).rsplit("-", 1)[1]) == common:
+                logging.warning("%s: the workers' latest checkpoints are at steps %s; every "
+                                "worker resumes from step %d (%s)", self.name,
+                                sorted(set(steps.tolist())), common, candidate)
+                return candidate
+        raise TrainingError(f"{self.name}: the workers' latest checkpoints are at steps "
+                            f"{sorted(set(steps.tolist()))} and this worker has none at step "
+                            f"{common}; delete {self.manager.directory} on every worker to "
+                            f"train the stage from the start")
 
     def _check_networks_restored(self, path):
         """Every weight of the stage's networks must come from the checkpoint: one built with
