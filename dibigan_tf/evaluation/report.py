@@ -7,14 +7,14 @@ matcher F through the feature store (so every reconstruction query is counted).
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 from PIL import Image
 
-from dibigan_tf.evaluation import verification as ver
+from dibigan_tf.data.files import write_json_atomic
 from dibigan_tf.data.images import image_grid
+from dibigan_tf.evaluation import verification as ver
 
 REQUIRED_KEYS = ("real_verification_accuracy", "recon_verification_accuracy",
                  "recon_class_agreement", "feature_cosine_mean", "blackbox_queries", "seconds")
@@ -97,9 +97,7 @@ def write_report(report_dir, metrics: dict, figure: np.ndarray, title: str, note
         raise ValueError(f"metrics lack the required keys {missing}")
     os.makedirs(report_dir, exist_ok=True)
     path = os.path.join(report_dir, "metrics.json")
-    with open(path + ".tmp", "w") as handle:
-        json.dump(metrics, handle, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    write_json_atomic(path, metrics, indent=2, sort_keys=True)
     image = figure[..., 0] if figure.shape[-1] == 1 else figure
     Image.fromarray(image).save(os.path.join(report_dir, "reconstructions.png"))
     lines = [f"# {title}", ""]

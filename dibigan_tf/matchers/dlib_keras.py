@@ -30,14 +30,13 @@ dlib's, although both compute the same function. See `DlibKerasMatcher.store_key
 """
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
 import tensorflow as tf
 
 from dibigan_tf.keras_compat import keras
-from dibigan_tf.matchers.base import FixedMatcher, MatcherError
+from dibigan_tf.matchers.base import FixedMatcher, MatcherError, file_sha1
 from dibigan_tf.matchers.dlib_dat import CHIP_SIZE, TAP_NAMES, DlibNetwork, read_dlib_network
 from dibigan_tf.matchers.dlib_matcher import _resize
 
@@ -188,12 +187,6 @@ def load_descriptor_model(path: str | None = None):
     return _MODELS[key]
 
 
-def _sha1(path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class DlibKerasMatcher(FixedMatcher):
@@ -225,7 +218,7 @@ class DlibKerasMatcher(FixedMatcher):
         self.batch_size = int(batch_size)
         self._input_shape = (self.image_size, self.image_size, 3)
         self._dim = int(self._model.outputs[-1].shape[-1])
-        self._key = f"dlibkeras-{_sha1(self.path)[:8]}-aligned-{self.image_size}"
+        self._key = f"dlibkeras-{file_sha1(self.path)[:8]}-aligned-{self.image_size}"
         self._embed_fn = tf.function(
             lambda chips: self._model(tf.cast(chips, tf.float32), training=False)[-1],
             input_signature=[tf.TensorSpec([None, CHIP_SIZE, CHIP_SIZE, 3], tf.uint8)])

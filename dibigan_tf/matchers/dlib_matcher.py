@@ -17,24 +17,16 @@ dlib offers no gradients, so this matcher is always a blackbox (`differentiable`
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 from PIL import Image
 
 from dibigan_tf.data.dlib_models import CHIP_PADDING, dlib_models
-from dibigan_tf.matchers.base import Matcher, MatcherError
+from dibigan_tf.matchers.base import Matcher, MatcherError, file_sha1
 
 CHIP_SIZE = 150
 CHIP_MODES = ("aligned", "landmarks")
 
 
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:8]
 
 
 class DlibMatcher(Matcher):
@@ -60,7 +52,7 @@ class DlibMatcher(Matcher):
 
     @property
     def store_key(self) -> str:
-        return (f"dlib-{_file_digest(self._descriptor_path)}-{self.chip}-{self.image_size}"
+        return (f"dlib-{file_sha1(self._descriptor_path)[:8]}-{self.chip}-{self.image_size}"
                 f"-j{self.num_jitters}")
 
     @property

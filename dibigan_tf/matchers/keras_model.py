@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from dibigan_tf.keras_compat import keras
-from dibigan_tf.matchers.base import FixedMatcher, MatcherError
+from dibigan_tf.matchers.base import FixedMatcher, MatcherError, first_line
 
 #: model input = pixels * scale + offset (pixels: floats 0..255)
 _FROM_PIXELS = {"minus1_1": (1.0 / 127.5, -1.0), "zero_1": (1.0 / 255.0, 0.0),
@@ -45,9 +45,6 @@ _FROM_UNIT = {"minus1_1": (1.0, 0.0), "zero_1": (0.5, 0.5),
               "raw": (127.5, 127.5), "arcface": (127.5 / 128.0, 0.0)}
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
 
 
 def _sha1_files(root: str, paths) -> str:
@@ -98,11 +95,11 @@ def _load(path: str):
             return tf.saved_model.load(path)
         except Exception as error:
             raise MatcherError(f"{path}: cannot load the SavedModel: "
-                               f"{_first_line(error)}") from None
+                               f"{first_line(error)}") from None
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as error:
-        raise MatcherError(f"{path}: cannot load the Keras model: {_first_line(error)}") from None
+        raise MatcherError(f"{path}: cannot load the Keras model: {first_line(error)}") from None
 
 
 def _as_list(shape):

@@ -24,15 +24,12 @@ import os
 
 import numpy as np
 
-from dibigan_tf.matchers.base import FixedMatcher, MatcherError
+from dibigan_tf.matchers.base import FixedMatcher, MatcherError, file_sha1, first_line
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
            "tensor(double)": np.float64}
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
 
 
 def _import_onnxruntime():
@@ -47,12 +44,6 @@ def _known(dim) -> bool:
     return isinstance(dim, (int, np.integer)) and dim > 0
 
 
-def _sha1_file(path: str) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class OnnxMatcher(FixedMatcher):
@@ -82,7 +73,7 @@ class OnnxMatcher(FixedMatcher):
                                                  providers=["CPUExecutionProvider"])
         except Exception as error:
             raise MatcherError(f"{path}: onnxruntime cannot read this model: "
-                               f"{_first_line(error)}") from None
+                               f"{first_line(error)}") from None
 
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
@@ -156,7 +147,7 @@ class OnnxMatcher(FixedMatcher):
 
         preprocessing = repr((self.layout, self._input_shape, self._mean.tolist(),
                               self._std.tolist(), channel_order, self.output_name))
-        self._key = "onnx-{}-{}".format(_sha1_file(path)[:12],
+        self._key = "onnx-{}-{}".format(file_sha1(path)[:12],
                                         hashlib.sha1(preprocessing.encode()).hexdigest()[:8])
 
     def _per_channel(self, value, what):
@@ -186,7 +177,7 @@ class OnnxMatcher(FixedMatcher):
             out, = self._session.run([self.output_name], feed)
         except Exception as error:
             raise MatcherError(f"{self.path}: onnxruntime failed on a batch of {len(images)}: "
-                               f"{_first_line(error)}") from None
+                               f"{first_line(error)}") from None
         return np.asarray(out)[:n].reshape(n, -1)
 
     def _embed(self, images):

@@ -27,6 +27,7 @@ import time
 import numpy as np
 from absl import logging
 
+from dibigan_tf.data.files import write_json_atomic
 from dibigan_tf.matchers.base import Matcher, MatcherError
 
 
@@ -115,10 +116,7 @@ class FeatureStore:
         for key, value in counts.items():
             state[key] += int(value)
         state["matcher"] = self.matcher.name
-        path = os.path.join(self.dir, "queries.json")
-        with open(path + ".tmp", "w") as handle:
-            json.dump(state, handle)
-        os.replace(path + ".tmp", path)
+        write_json_atomic(os.path.join(self.dir, "queries.json"), state)
 
     def _sent(self, n, retry=False):
         """The matcher's hook: n images are about to be sent."""

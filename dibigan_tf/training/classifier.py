@@ -7,7 +7,6 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from dibigan_tf.keras_compat import keras
 from dibigan_tf.data.augment import SHIFT_NOISE, random_shift
 from dibigan_tf.data.images import uint8_to_unit
 from dibigan_tf.matchers.lenet import build_lenet

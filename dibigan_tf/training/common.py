@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from dibigan_tf.data.files import write_json_atomic
 from dibigan_tf.keras_compat import keras
 from dibigan_tf.training import precision
 
@@ -338,9 +339,7 @@ class Stage:
         info = dict(info or {})
         info.update(step=int(self.step.numpy()), images_seen=int(self.images_seen.numpy()),
                     seconds=float(self.elapsed.numpy()))
-        with open(self.done_path + ".tmp", "w") as handle:
-            json.dump(info, handle, indent=2)
-        os.replace(self.done_path + ".tmp", self.done_path)
+        write_json_atomic(self.done_path, info, indent=2)
         if self._writer is not None:
             self._writer.flush()
 

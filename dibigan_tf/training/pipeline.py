@@ -21,6 +21,7 @@ from PIL import Image
 
 from dibigan_tf.config import RunConfig
 from dibigan_tf.data.augment import affine_copies, concatenate
+from dibigan_tf.data.files import write_json_atomic
 from dibigan_tf.data.digits import balanced_holdout_split, load_embedded_digits
 from dibigan_tf.data.faces import resize_images, split_identities
 from dibigan_tf.evaluation.verification import (cosine_similarity_rows,
@@ -39,9 +40,7 @@ from dibigan_tf.training.student import student_embed, train_student
 
 
 def _save_json(path, data):
-    with open(path + ".tmp", "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True, default=str)
-    os.replace(path + ".tmp", path)
+    write_json_atomic(path, data, indent=2, sort_keys=True, default=str)
 
 
 def load_dataset(cfg: RunConfig, run_dir: str):
