@@ -319,7 +319,8 @@ class Stage:
             wanted = getattr(obj, "_configured_learning_rate", None)
             if wanted is None:
                 continue
-            saved = float(obj.learning_rate)
+            # (a MirroredVariable under a multi-worker strategy: read it as a tensor)
+            saved = float(tf.convert_to_tensor(obj.learning_rate))
             if abs(saved - wanted) > 1e-6 * max(abs(wanted), 1e-12):
                 logging.warning("%s: %s learning rate %g from the flags (the checkpoint had %g)",
                                 self.name, key, wanted, saved)
