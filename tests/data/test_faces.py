@@ -6,28 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dibigan_tf.data.align import AlignResult
 from dibigan_tf.data.base import DataError
 from dibigan_tf.data.faces import (load_face_folders, read_lfw_pairs, read_lfw_people,
                                    read_rgb, resize_images, scan_identity_folders,
                                    split_identities)
+from tests.support import MeanAligner
 
 
-class MeanAligner:
-    """Stand-in for DlibAligner: 'finds a face' unless the image is all black; the crop is a
-    constant image of the input's mean colour (so identities can be checked)."""
-    key = "mean-8"
-    size = 8
 
-    def __init__(self):
-        self.calls = 0
-
-    def align(self, image):
-        self.calls += 1
-        if image.max() == 0:
-            return AlignResult(None, "none", 0)
-        colour = image.reshape(-1, 3).mean(axis=0).astype(np.uint8)
-        return AlignResult(np.tile(colour, (8, 8, 1)), "ok", 1)
 
 
 def _save(path, array, mode=None, **kwargs):

@@ -18,7 +18,7 @@ from dibigan_tf.data.insightface_bin import read_verification_bin
 from dibigan_tf.data.similarity import (ARCFACE_TEMPLATE_112, apply_affine, arcface_template,
                                         estimate_similarity, warp_affine)
 
-from tests.data.test_faces import MeanAligner
+from tests.support import MeanAligner
 
 
 # ---------------------------------------------------------------- insightface .bin files
@@ -336,7 +336,7 @@ def test_arcface_aligner_on_a_real_face():
     pytest.importorskip("skimage.data", reason="scikit-image (ships the test face photo) is not "
                         "installed")
     from dibigan_tf.data.align import ArcFaceAligner
-    from tests.matchers.test_dlib import astronaut
+    from tests.support import astronaut
 
     aligner = ArcFaceAligner()
     assert aligner.key == "arcface-112-largest-skip-u1" and aligner.size == 112

@@ -14,8 +14,7 @@ from PIL import Image
 
 from dibigan_tf.data.base import DataError
 from dibigan_tf.data.faces import PairFiles, numbered_images, read_lfw_pairs
-from tests.matchers.test_adapters import serve  # noqa: F401  (a matcher server on 127.0.0.1)
-from tests.training.test_pipeline_resume import ROOT
+from tests.support import ROOT
 
 
 def _mixed_folder(root):
@@ -66,7 +65,7 @@ def _script(name, *args):
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
-def test_make_pairs_and_evaluate_on_orl_and_png_folders(tmp_path, serve):  # noqa: F811
+def test_make_pairs_and_evaluate_on_orl_and_png_folders(tmp_path, serve):
     root = _mixed_folder(tmp_path / "data")
     pairs = tmp_path / "pairs.txt"
     made = _script("make_pairs.py", f"--data_dir={root}", f"--out={pairs}", "--positives=30",

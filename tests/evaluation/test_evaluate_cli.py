@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.training.test_pipeline_resume import ROOT
+from tests.support import ROOT
 
 EVALUATE = os.path.join(ROOT, "experiments", "evaluate.py")
 
@@ -24,7 +24,7 @@ def _run(*args):
 def test_lfw_folder_and_pairs_with_dlib(tmp_path):
     pytest.importorskip("dlib", reason="dlib-bin is not installed")
     pytest.importorskip("skimage.data", reason="scikit-image ships the face photo")
-    from tests.training.test_faces_student import _write_people
+    from tests.support import write_people as _write_people
     data = tmp_path / "people"
     _write_people(data)          # 6 people x 4 photos (+ one broken file of Person_0)
     lines = ["6"] + [f"Person_{p}\t1\t{k}" for p in (1, 2, 3) for k in (2, 3)] + \

@@ -1,7 +1,6 @@
 """dlib's detector, 5-point alignment and ResNet descriptor on a real face photo that a package
 ships (scikit-image's `astronaut.png`: Eileen Collins). Skipped, with the reason, only when dlib
 or the photo cannot be installed."""
-import os
 
 import numpy as np
 import pytest
@@ -16,13 +15,7 @@ from dibigan_tf.data.align import DlibAligner  # noqa: E402
 from dibigan_tf.matchers.base import MatcherError  # noqa: E402
 from dibigan_tf.matchers.dlib_matcher import DlibMatcher  # noqa: E402
 from dibigan_tf.matchers.store import FeatureStore  # noqa: E402
-
-
-def astronaut():
-    path = os.path.join(os.path.dirname(skdata.__file__), "astronaut.png")
-    if not os.path.exists(path):
-        pytest.skip("scikit-image does not ship astronaut.png here")
-    return np.asarray(Image.open(path).convert("RGB"))
+from tests.support import astronaut  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from dibigan_tf.matchers.dlib_keras import (DlibKerasMatcher,  # noqa: E402
                                             differentiable_reference)
 from dibigan_tf.matchers.dlib_matcher import DlibMatcher  # noqa: E402
 from dibigan_tf.matchers.registry import open_matcher  # noqa: E402
-from tests.matchers.test_dlib import astronaut  # noqa: E402
+from tests.support import astronaut  # noqa: E402
 
 WEIGHTS = models.face_recognition_model_location()
 

@@ -11,8 +11,7 @@ import pytest
 from dibigan_tf.config import MatcherConfig
 from dibigan_tf.matchers.base import MatcherError
 from dibigan_tf.matchers.registry import MATCHERS, open_matcher
-from tests.matchers.test_adapters import serve  # noqa: F401  (the local HTTP server fixture)
-from tests.training.test_pipeline_resume import ROOT
+from tests.support import ROOT
 
 
 @pytest.mark.parametrize("name, field, message", [
@@ -51,7 +50,7 @@ def test_registry_passes_the_settings_through(tmp_path):
     assert d.input_shape == (96, 96, 3) and d.chip == "landmarks"
 
 
-def test_features_stage_through_an_http_matcher(tmp_path, serve):  # noqa: F811
+def test_features_stage_through_an_http_matcher(tmp_path, serve):
     url, log = serve()
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
            f"--checkpoint_dir={tmp_path}", "--run_name=web", "--stage=features",

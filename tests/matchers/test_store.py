@@ -1,34 +1,12 @@
 import numpy as np
 import pytest
 
-from dibigan_tf.matchers.base import Matcher, MatcherError
+from dibigan_tf.matchers.base import MatcherError
 from dibigan_tf.matchers.store import FeatureStore
+from tests.support import CountingMatcher
 
 
-class CountingMatcher(Matcher):
-    """A blackbox stand-in: embedding = pixel means per row, counts every image it sees."""
-    name = "counting"
 
-    def __init__(self, dim=4, fail_after=None, nan=False, wrong_dim=False):
-        self.seen = 0
-        self.dim, self.fail_after, self.nan, self.wrong_dim = dim, fail_after, nan, wrong_dim
-
-    @property
-    def input_shape(self):
-        return (4, 4, 1)
-
-    @property
-    def embedding_dim(self):
-        return self.dim
-
-    def _embed(self, images):
-        if self.fail_after is not None and self.seen + len(images) > self.fail_after:
-            raise ConnectionError("matcher went away")
-        self.seen += len(images)
-        out = images.reshape(len(images), 4, 4).mean(axis=2).astype(np.float32) + 1.0
-        if self.nan:
-            out[0, 0] = np.nan
-        return out[:, :3] if self.wrong_dim else out
 
 
 def _images(n, seed=0):

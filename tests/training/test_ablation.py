@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from tests.training.test_pipeline_resume import ROOT, TINY
+from tests.support import ROOT, TINY
 
 
 def test_ablation_rows_share_stages_and_fill_the_table(tmp_path):

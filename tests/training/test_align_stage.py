@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.training.test_pipeline_resume import ROOT
+from tests.support import ROOT
 
 pytest.importorskip("dlib", reason="dlib-bin is not installed")
 astronaut = pytest.importorskip("tests.matchers.test_dlib").astronaut

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from dibigan_tf.training.common import Stage, TrainingError
 from dibigan_tf.training.loops import run_phase
-from tests.training.test_pipeline_resume import ROOT, TINY, _latest_step
+from tests.support import ROOT, TINY, latest_step as _latest_step
 
 
 def _toy_stage(tmp_path):

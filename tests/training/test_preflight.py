@@ -16,8 +16,7 @@ from dibigan_tf.data.base import ImageSet
 from dibigan_tf.training import pipeline
 from dibigan_tf.training.common import TrainingError
 from dibigan_tf.training.gan import GanConfig
-from tests.matchers.test_adapters import serve  # noqa: F401  (a matcher server on 127.0.0.1)
-from tests.training.test_pipeline_resume import ROOT, TINY
+from tests.support import ROOT, TINY
 
 
 def _cfg(**kwargs):

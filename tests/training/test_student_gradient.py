@@ -64,7 +64,7 @@ def test_against_dlibs_keras_model_on_real_chips():
     from dibigan_tf.data.align import DlibAligner
     from dibigan_tf.matchers.dlib_keras import differentiable_reference
     from dibigan_tf.matchers.dlib_matcher import DlibMatcher
-    from tests.matchers.test_dlib import astronaut
+    from tests.support import astronaut
     chip = DlibAligner(size=150).align(astronaut()).image
     chips = [chip, chip[:, ::-1], np.roll(chip, 6, axis=1), np.roll(chip[:, ::-1], -6, axis=0)]
     images = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize(

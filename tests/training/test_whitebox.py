@@ -11,8 +11,8 @@ import tensorflow as tf
 from dibigan_tf.matchers.base import MatcherError, WhiteboxNetwork
 from dibigan_tf.matchers.lenet import LeNetMatcher
 from dibigan_tf.matchers.lenet import build_lenet
-from tests.matchers.test_store import CountingMatcher
-from tests.training.test_pipeline_resume import ROOT, TINY
+from tests.support import CountingMatcher
+from tests.support import ROOT, TINY
 
 
 def test_whitebox_network_gives_lenet_taps_and_gradients_through_the_resize():
