@@ -1,4 +1,4 @@
-"""Mixed precision for the trainings (`--mixed_precision`, issue 7).
+"""Mixed precision for the trainings (`--mixed_precision`).
 
 `float32` (the default), `mixed_float16` (float16 arithmetic with dynamic loss scaling) or
 `mixed_bfloat16` (bfloat16 arithmetic; its float32-sized exponent needs no loss scaling). Variables
