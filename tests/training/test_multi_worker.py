@@ -98,3 +98,72 @@ def test_one_step_on_two_workers_equals_the_single_device_step(tmp_path):
         default_losses, cluster_losses = r["gan_losses"]
         for key, value in default_losses.items():
             assert abs(value - cluster_losses[key]) < 1e-4 * max(1.0, abs(value)), (key, r)
+
+
+def _train(tmp_path, index, ports, log):
+    from tests.support import TINY
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
+           f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'digits_blackbox.flags')}",
+           f"--checkpoint_dir={tmp_path / f'worker{index}'}", "--run_name=tiny",
+           "--strategy=multi_worker"] + TINY
+    env = dict(os.environ, TF_CONFIG=tf_config(ports, index), PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow   # two whole tiny runs on two workers; the one-process resume is in the fast set
+def test_killing_one_worker_and_restarting_both_resumes_from_the_last_checkpoint(tmp_path):
+    """Each worker keeps its run under its own --checkpoint_dir (as on separate machines).
+    Worker 1 is killed in the GAN stage; worker 0, left waiting for it, is stopped; both are
+    started again with the same command and finish from the last checkpoint they agree on."""
+    import re
+    import signal
+    import time
+    from tests.support import latest_step as _latest_step
+    ports = free_ports(2)
+    logs = [open(tmp_path / f"first{i}.log", "w") for i in range(2)]
+    procs = [_train(tmp_path, i, ports, logs[i]) for i in range(2)]
+    ckpt = tmp_path / "worker0" / "tiny" / "gan" / "ckpt"
+    deadline, killed_at = time.time() + 1200, -1
+    try:
+        while time.time() < deadline and all(p.poll() is None for p in procs):
+            if _latest_step(str(ckpt)) >= 10:
+                procs[1].send_signal(signal.SIGKILL)
+                killed_at = _latest_step(str(ckpt))
+                break
+            time.sleep(0.1)
+        time.sleep(2.0)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        for log in logs:
+            log.close()
+    assert killed_at >= 10, (tmp_path / "first0.log").read_text()[-3000:]
+    for i in range(2):
+        assert not (tmp_path / f"worker{i}" / "tiny" / "gan" / "done.json").exists()
+
+    ports = free_ports(2)
+    logs = [open(tmp_path / f"second{i}.log", "w") for i in range(2)]
+    procs = [_train(tmp_path, i, ports, logs[i]) for i in range(2)]
+    try:
+        for proc in procs:
+            proc.wait(timeout=1200)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for log in logs:
+            log.close()
+    resumed = []
+    for i, proc in enumerate(procs):
+        output = (tmp_path / f"second{i}.log").read_text()
+        assert proc.returncode == 0, output[-3000:]
+        match = re.search(r"gan: resuming at step (\d+)", output)
+        assert match, output[-3000:]
+        resumed.append(int(match.group(1)))
+        with open(tmp_path / f"worker{i}" / "tiny" / "gan" / "done.json") as handle:
+            done = json.load(handle)
+        assert done["step"] == 64 // 16 + 64 // 16 + 1024 // 16   # as an uninterrupted run
+        assert done["images_seen"] == 64 + 64 + 1024
+    assert resumed[0] == resumed[1] >= killed_at - 1
