@@ -799,14 +799,15 @@ class ClassConditionalGaussianPrior(tf.Module):
 # Data, loss, metrics
 # ---------------------------------------------------------------------------------------------
 
-def dequantize(images, seed=None, dtype=tf.float32, unit_range: bool = False, uniform=None):
+def dequantize(images, seed=None, rng: Optional[tf.random.Generator] = None,
+               dtype=tf.float32, unit_range: bool = False, uniform=None):
     """Uniform dequantisation of 8-bit images: x = (pixel + u) / 256 - 0.5, u ~ U(0, 1).
 
     Input convention: ``images`` holds integer pixel values 0..255 (uint8, int, or a float tensor
     of integer values), any shape. With ``unit_range=True`` the input is instead a float image in
     [0, 1] holding k/255 values and is first mapped back to ``round(255 * images)``.
     Output is in [-0.5, 0.5) with dtype ``dtype``. Noise: ``seed`` (int or shape-[2] tensor,
-    stateless) if given, else the global RNG; or the U(0, 1) draws
+    stateless) if given, else ``rng.uniform`` if given, else the global RNG; or the U(0, 1) draws
     themselves as ``uniform`` (same shape as ``images``: the training pipeline's noise).
     """
     dtype = _as_dtype(dtype)
@@ -820,6 +821,8 @@ def dequantize(images, seed=None, dtype=tf.float32, unit_range: bool = False, un
         if isinstance(seed, (int, np.integer)):
             seed = [int(seed), 0]
         u = tf.random.stateless_uniform(shape, seed=seed, dtype=dtype)
+    elif rng is not None:
+        u = rng.uniform(shape, dtype=dtype)
     else:
         u = tf.random.uniform(shape, dtype=dtype)
     return (pixels + u) / 256.0 - 0.5
