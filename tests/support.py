@@ -114,3 +114,18 @@ class MeanAligner:
             return AlignResult(None, "none", 0)
         colour = image.reshape(-1, 3).mean(axis=0).astype(np.uint8)
         return AlignResult(np.tile(colour, (8, 8, 1)), "ok", 1)
+
+
+#: a G and D of two blocks (8x8 -> 16x16) and a few maps: one G+D step in about a second
+TINY_GAN = dict(start_resolution=8, num_blocks=2, g_channels=(4, 4), d_channels=(4, 4),
+                mapping_layers=2, mapping_dim=8, latent_dim=4, stable_images=(32, 32),
+                fade_images=(0, 32), batch_sizes=(16, 16))
+
+
+def tiny_gan_data(seed=0):
+    """(rng, images, features, labels): 32 random 16x16 grey images with 12-D features and 4
+    identities, for one-step G+D tests; `rng` continues the same draws."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (32, 16, 16, 1)).astype(np.uint8)
+    feats = rng.standard_normal((32, 12)).astype(np.float32)
+    return rng, images, feats, np.repeat(np.arange(4), 8)

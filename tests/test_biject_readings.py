@@ -5,6 +5,7 @@ import scipy.linalg
 import tensorflow as tf
 
 from dibigan_tf import losses
+from tests.support import TINY_GAN, tiny_gan_data
 
 
 def _stats_reference(z, reading):
@@ -144,18 +145,12 @@ def test_a_gan_step_trains_under_each_reading(tmp_path, reading):
     from dibigan_tf.training.gan import GanConfig, GanTrainer
 
     keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (32, 16, 16, 1)).astype(np.uint8)
-    feats = rng.standard_normal((32, 12)).astype(np.float32)
-    labels = np.repeat(np.arange(4), 8)
+    rng, images, feats, labels = tiny_gan_data()
     strategy = make_strategy("default")
     flow, prior = make_flow(strategy, (16, 16, 1), 4, num_steps=2, hidden_channels=4,
                             num_res_blocks=1)
     prior.log_scales.assign(rng.normal(0, 0.2, prior.log_scales.shape))
-    cfg = GanConfig(start_resolution=8, num_blocks=2, g_channels=(4, 4), d_channels=(4, 4),
-                    mapping_layers=2, mapping_dim=8, latent_dim=4, stable_images=(32, 32),
-                    fade_images=(0, 32), batch_sizes=(16, 16), use_distill=False,
-                    biject_reading=reading)
+    cfg = GanConfig(**TINY_GAN, use_distill=False, biject_reading=reading)
     trainer = GanTrainer(str(tmp_path), strategy, cfg, images, feats, labels, flow=flow,
                          prior=prior)
     assert (trainer.prior_table is not None) == (reading == "latent")

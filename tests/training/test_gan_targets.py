@@ -10,21 +10,17 @@ from dibigan_tf.training.common import make_strategy
 from dibigan_tf.training.flow import make_flow
 from dibigan_tf.training.gan import GanConfig, GanTrainer
 from dibigan_tf.training.student import make_student
+from tests.support import TINY_GAN, tiny_gan_data
 
 
 def test_cached_real_targets_give_the_same_step(tmp_path):
     keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (32, 16, 16, 1)).astype(np.uint8)
-    feats = rng.standard_normal((32, 12)).astype(np.float32)
-    labels = np.repeat(np.arange(4), 8)
+    _, images, feats, labels = tiny_gan_data()
     strategy = make_strategy("default")
     student = make_student(strategy, (16, 16, 1), 12, "small", 4)
     flow, _ = make_flow(strategy, (16, 16, 1), 4, num_steps=2, hidden_channels=4,
                         num_res_blocks=1)
-    cfg = GanConfig(start_resolution=8, num_blocks=2, g_channels=(4, 4), d_channels=(4, 4),
-                    mapping_layers=2, mapping_dim=8, latent_dim=4, stable_images=(32, 32),
-                    fade_images=(0, 32), batch_sizes=(16, 16))
+    cfg = GanConfig(**TINY_GAN)
     trainer = GanTrainer(str(tmp_path), strategy, cfg, images, feats, labels, student=student,
                          flow=flow)
     phases = list(trainer.schedule.phases())
