@@ -164,12 +164,15 @@ class _Stream:
             value = -value
         return value
 
-    def expect_int(self, expected, what):
+    def _expect(self, read, expected, what):
         start = self.pos
-        value = self.integer(what)
+        value = read(what)
         if value != expected:
-            self.fail(f"{what} is {value}, expected {expected}", start)
+            self.fail(f"{what} is {value!r}, expected {expected!r}", start)
         return value
+
+    def expect_int(self, expected, what):
+        return self._expect(self.integer, expected, what)
 
     def boolean(self, what):
         start = self.pos
@@ -186,11 +189,7 @@ class _Stream:
         return self._take(n, what, start).decode("latin-1")
 
     def expect_string(self, expected, what):
-        start = self.pos
-        value = self.string(what)
-        if value != expected:
-            self.fail(f"{what} is {value!r}, expected {expected!r}", start)
-        return value
+        return self._expect(self.string, expected, what)
 
     def real(self, what):
         """dlib's float/double: int64 mantissa, then int16 exponent."""

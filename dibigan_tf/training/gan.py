@@ -97,7 +97,11 @@ def biject_margin_from_data(flow, images_unit, labels, max_images=512, reading="
     x = images_unit[:max_images]
     z = flow.forward(flow_input(tf.constant(x)))[0]
     summary = losses.latent_summary(z, reading)
-    d = losses.pairwise_summary_w2(summary, summary, reading).numpy()
+    # in blocks of rows: under "spatial_full" every pair holds a c x c matrix (512 x 512 pairs of
+    # 48 x 48 for 64x64 faces would be 2.4 GB at once)
+    d = np.concatenate([losses.pairwise_summary_w2([s[i:i + 32] for s in summary], summary,
+                                                   reading).numpy()
+                        for i in range(0, len(x), 32)])
     lab = labels[:max_images]
     if reading == "latent" and prior_table is not None:
         d = d + prior_table[lab[:, None], lab[None, :]]
