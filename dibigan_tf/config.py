@@ -141,6 +141,10 @@ class RunConfig:
     align_cache_dir: str = ""
     pairs: str = ""
     people: str = ""                # faces: an LFW people file listing the images to use
+    # tfds: a TensorFlow Datasets build prepared under data_dir (data/tfds_faces.py): its name
+    # (lfw or celeb_a) and split; faces from it are aligned and split like an identity folder's
+    tfds_name: str = "lfw"
+    tfds_split: str = "train"
     feature_store_dir: str = ""     # default: <checkpoint_dir>/features (lenet: inside the run)
     mode: str = "blackbox"
     strategy: str = "default"
