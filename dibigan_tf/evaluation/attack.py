@@ -267,3 +267,127 @@ def inception_score(images, classifier, splits: int = 10, input_size: int = 299,
         kl = np.sum(part * (np.log(part + 1e-12) - np.log(marginal + 1e-12)), axis=1)
         scores.append(float(np.exp(kl.mean())))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+#: what `v_variation` returns when G's output does not change across features at all but does
+#: change with v (the ratio would be infinite; a finite cap keeps metrics.json standard JSON)
+V_VARIATION_CAP = 1e6
+
+
+def _far_label(far: float) -> str:
+    """1e-3 -> "1e-3" (the exponent without zero padding, as in the v_variation keys)."""
+    mantissa, exponent = f"{far:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _v_variation_rows(n: int, num_features: int, labels, seed: int) -> np.ndarray:
+    """Indices of the features v_variation uses: all of them when there are at most
+    `num_features`, else a seeded sample that takes one image of as many different identities
+    as possible before a second image of anyone (identity, not the image, is what the
+    across-feature spread and the impostor pairs should be about)."""
+    if n <= num_features:
+        return np.arange(n)
+    order = np.random.default_rng((seed, 1)).permutation(n)
+    if labels is not None:
+        _, first = np.unique(np.asarray(labels)[order], return_index=True)
+        first = np.sort(first)
+        order = np.concatenate([order[first], np.delete(order, first)])
+    return np.sort(order[:num_features])
+
+
+def v_variation(generate, features, real_features, embed, num_features: int = 64,
+                num_draws: int = 8, seed: int = 0, labels=None, latent_dim=None,
+                far: float = 1e-3) -> dict:
+    """Does G's random input v change the face, and does the identity survive every v?
+
+    G is conditioned on a matcher feature f and a random v; the paper's Figure 7 shows rows of one
+    f under several v. This puts a number on that figure. For N = min(num_features, available)
+    features and K = num_draws draws of v (the same K vectors for every feature, drawn as Figure 7
+    draws them: `np.random.default_rng(seed).standard_normal((K, latent_dim))`):
+
+    - `v_variation` = A / B with A = the mean over the N features of the per-pixel standard
+      deviation across the K draws, and B = the mean over the K draws of the per-pixel standard
+      deviation across the N features at that one v (both averaged over pixels and channels,
+      sample standard deviations, ddof 1, so that K = 8 and N = 64 are not biased differently).
+      0: v is ignored; 1: v changes the image as much as the identity does. A = 0 gives 0 (also
+      when B = 0); B = 0 < A (an output that does not depend on f) gives `V_VARIATION_CAP`. A and
+      B are reported too (`v_variation_std_across_v`, `v_variation_std_across_features`, in the
+      generator's pixel units).
+    - Type-I attack success for each draw k: genuine distance = d(F(G(f_i, v_k)), F(x_i)),
+      impostor distances = d(F(G(f_i, v_k)), F(x_j)) for *all* ordered pairs i != j within the N
+      (only those of different identities when `labels` is given), d = 2 - 2 cos of the raw
+      embeddings; the threshold accepts at most a share `far` of that draw's impostors
+      (`threshold_at_far`, accept d <= t) and TAR is the share of genuine pairs accepted. With
+      N = 64 there are 64 x 63 = 4032 impostor pairs, so FAR 1e-3 rests on the 4 closest ones: a
+      coarse operating point (`type1_v_impostor_pairs` says how many). Unlike `attack_success`,
+      whose threshold comes from impostor pairs of *real* images, these impostors are
+      reconstructions against other people's real images: the question is whether the
+      reconstruction from draw k is still closer to its own person than to the others.
+      Reported: the mean over the draws, the worst draw, and every draw in order.
+
+    generate(features [n, D], v [n, latent_dim]) -> images [n, h, w, c] (uint8 or float; called
+    once per draw with the N features); `latent_dim` defaults to `generate.latent_dim`.
+    features: G's input for each held-out image; real_features: F's embedding of the same real
+    images (what a reconstruction is scored against); embed(images) -> F's embeddings of
+    generated images (the same scoring as real_features). labels (optional): identity of each
+    image; the N features are then taken from as many different identities as possible and
+    impostor pairs exclude same-identity pairs. More than N features: a seeded sample.
+    """
+    features = np.asarray(features, np.float32)
+    real_features = np.asarray(real_features, np.float64)
+    if features.ndim != 2 or real_features.ndim != 2 or len(features) != len(real_features):
+        raise ValueError(f"v_variation needs one G input and one real F feature per image, got "
+                         f"{features.shape} and {real_features.shape}")
+    if labels is not None and len(labels) != len(features):
+        raise ValueError(f"{len(labels)} labels for {len(features)} features")
+    if num_draws < 2:
+        raise ValueError(f"v_variation needs at least 2 draws of v, got {num_draws}")
+    rows = _v_variation_rows(len(features), num_features, labels, seed)
+    n = rows.size
+    if n < 2:
+        raise ValueError(f"v_variation needs at least 2 features, got {n}")
+    latent = int(latent_dim if latent_dim is not None else generate.latent_dim)
+    vs = np.random.default_rng(seed).standard_normal((num_draws, latent)).astype(np.float32)
+    f = features[rows]
+    real = ver.l2_normalize(real_features[rows])
+    if labels is None:
+        impostor = ~np.eye(n, dtype=bool)
+    else:
+        chosen = np.asarray(labels)[rows]
+        impostor = chosen[:, None] != chosen[None, :]
+    if not impostor.any():
+        raise ValueError("v_variation's type-I attack needs features of at least 2 identities")
+    mean = m2 = None
+    across_features, tars = [], []
+    for k in range(num_draws):
+        images = generate(f, np.repeat(vs[k][None], n, axis=0))
+        x = np.asarray(images, np.float64)
+        if x.shape[0] != n:
+            raise ValueError(f"the generator returned {x.shape[0]} images for {n} features")
+        across_features.append(float(np.mean(np.std(x, axis=0, ddof=1))))
+        if mean is None:         # Welford: an output that ignores v keeps m2 exactly 0
+            mean, m2 = x.copy(), np.zeros_like(x)
+        else:
+            delta = x - mean
+            mean += delta / (k + 1)
+            m2 += delta * (x - mean)
+        recon = ver.l2_normalize(np.asarray(embed(images), np.float64))
+        if recon.shape != real.shape:
+            raise ValueError(f"embed returned {recon.shape} for {real.shape} real features")
+        d = np.clip(2.0 - 2.0 * recon @ real.T, 0.0, 4.0)
+        t = threshold_at_far(d[impostor], far)
+        tars.append(float(np.mean(np.diag(d) <= t)))
+    across_v = float(np.mean(np.sqrt(m2 / (num_draws - 1))))
+    across_f = float(np.mean(across_features))
+    if across_v == 0.0:
+        ratio = 0.0
+    elif across_f == 0.0:
+        ratio = V_VARIATION_CAP
+    else:
+        ratio = min(across_v / across_f, V_VARIATION_CAP)
+    key = f"type1_tar_at_far_{_far_label(far)}_v"
+    return {"v_variation": float(ratio), "v_variation_std_across_v": across_v,
+            "v_variation_std_across_features": across_f, "v_variation_features": int(n),
+            "v_variation_draws": int(num_draws), f"{key}_mean": float(np.mean(tars)),
+            f"{key}_worst": float(np.min(tars)), f"{key}_draws": tars,
+            "type1_v_impostor_pairs": int(impostor.sum())}
