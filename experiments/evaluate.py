@@ -18,7 +18,9 @@ features and the paper's protocols run: the reconstruction protocol (the first i
 positive pair replaced by its reconstruction), type-I and type-II attack success as TAR at
 FAR = 0.1% and 0.01% (threshold from the real impostor pairs), MS-SSIM between images of the
 different-people pairs (reconstructions and real; `ms_ssim_pggan_*`: the PGGAN reference's over
-seeded random pairs of different people), and, with --inception_weights, the Inception Score.
+seeded random pairs of different people), v_variation (how much G's random input v changes the
+image against how much the feature does, and type-I TAR at FAR 0.1% for each of 8 draws of v, over
+64 features seeded by --seed) and, with --inception_weights, the Inception Score.
 Writes <output_dir>/metrics.json (the training report's keys where they mean the same) and
 <output_dir>/reconstructions.png.
 """
@@ -189,7 +191,8 @@ def evaluate():
     from dibigan_tf.data.faces import resize_images
     from dibigan_tf.evaluation import verification as ver
     from dibigan_tf.evaluation.attack import (attack_success, inception_score, load_inception,
-                                              ms_ssim_of, ms_ssim_pggan, random_different_pairs)
+                                              ms_ssim_of, ms_ssim_pggan, random_different_pairs,
+                                              v_variation)
     from dibigan_tf.evaluation.tta import mirror
     from dibigan_tf.matchers.registry import open_matcher
     from dibigan_tf.matchers.store import FeatureStore
@@ -226,15 +229,24 @@ def evaluate():
         from dibigan_tf.training.gan import TrainedGenerator
         generator = TrainedGenerator(FLAGS.generator)
         recons = generator(plain_feats, seed=FLAGS.seed)
-        recon_feats = store.features(matcher_images(matcher, recons))
-        if FLAGS.flip_tta:
-            recon_feats = recon_feats + store.features(matcher_images(matcher, mirror(recons)))
+
+        def scored(generated):   # F as the pairs are scored (--flip_tta: plus the mirror's)
+            out = store.features(matcher_images(matcher, generated))
+            return out if not FLAGS.flip_tta else out + store.features(
+                matcher_images(matcher, mirror(generated)))
+
+        recon_feats = scored(recons)
         recon = ver.reconstruction_protocol(feats, recon_feats, idx_a, idx_b, same,
                                             num_folds=folds, fars=(1e-3, 1e-4))
         metrics.update(ver.metrics_json_keys(recon, "recon_"))
         metrics["feature_cosine_mean"] = float(np.mean(ver.cosine_similarity_rows(recon_feats,
                                                                                   feats)))
         metrics.update(attack_success(feats, recon_feats, idx_a, idx_b, same))
+        queries = store.total_queries
+        metrics.update(v_variation(lambda f, v: generator(f, v=v), plain_feats, feats, scored,
+                                   seed=FLAGS.seed, labels=np.asarray(names),
+                                   latent_dim=generator.cfg.latent_dim))
+        metrics["v_variation_blackbox_queries"] = store.total_queries - queries
         size = recons.shape[1]
         small = resize_images(images, size) if images.shape[1] != size else images
         if k:
@@ -297,6 +309,13 @@ def main(argv):
         return 2
     for key, value in sorted(metrics.items()):
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    if "v_variation" in metrics:
+        print(f"G's v: image spread across v / across features = {metrics['v_variation']:.4f} "
+              f"({metrics['v_variation_features']} features x {metrics['v_variation_draws']} "
+              f"draws); type-I TAR at FAR 1e-3 across v: mean "
+              f"{metrics['type1_tar_at_far_1e-3_v_mean']:.4f}, worst "
+              f"{metrics['type1_tar_at_far_1e-3_v_worst']:.4f} "
+              f"({metrics['type1_v_impostor_pairs']} impostor pairs)")
     print(f"metrics: {path}")
     return 0
 

@@ -24,6 +24,7 @@ from dibigan_tf.data.augment import affine_copies, concatenate
 from dibigan_tf.data.files import write_json_atomic
 from dibigan_tf.data.digits import balanced_holdout_split, load_embedded_digits
 from dibigan_tf.data.faces import resize_images, split_identities
+from dibigan_tf.evaluation.attack import v_variation
 from dibigan_tf.evaluation.verification import (cosine_similarity_rows,
                                                  nearest_centroid_agreement)
 from dibigan_tf.evaluation.report import (evaluate_reconstructions, reconstruction_figure,
@@ -244,6 +245,13 @@ def _write_run_report(cfg: RunConfig, ctx) -> dict:
     metrics = evaluate_reconstructions(held_features, recon_features, heldout.labels,
                                        gallery[0], gallery[1], num_positive=pos,
                                        num_negative=neg, seed=cfg.seed)
+    # does v change the face, and does identity survive every v (8 v over 64 held-out features)
+    queries = store.total_queries
+    metrics.update(v_variation(lambda f, v: trainer.reconstruct(f, v=v), held_features,
+                               held_features, lambda images: store.features(
+                                   matcher_images(ctx.matcher, images)), seed=cfg.seed,
+                               labels=heldout.labels, latent_dim=trainer.cfg.latent_dim))
+    metrics["v_variation_blackbox_queries"] = store.total_queries - queries
     seconds["evaluate"] = time.time() - start
     metrics.update(ctx.flow_metrics)
     metrics["student_cosine_heldout"] = ctx.student_cosine
