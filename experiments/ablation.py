@@ -20,6 +20,10 @@ import sys
 from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from experiments import table2  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", list("ABCDEF"), "Table 2 rows to run, in order.")
 flags.DEFINE_string("checkpoint_dir", "checkpoints", "Where runs are written.")
@@ -29,10 +33,8 @@ flags.DEFINE_string("extra", "", "More flags for every run (quoted), e.g. a smal
 flags.DEFINE_string("prefix", "", "Prefix of the run names (default: the flagfiles' names).")
 
 SHARED = ("matcher", "student", "flow", "features", "split.json")
-ROWS = {
-    "A": "(A) PO.GAN", "B": "(B) + L_distill", "C": "(C) + L_biject",
-    "D": "(D) Ours", "E": "(E) + L_distill", "F": "(F) + L_biject",
-}
+#: Table 2's name of each row (the rows themselves: experiments/table2.py)
+ROWS = {letter: title for letter, (title, _, _) in table2.ROWS.items()}
 COLUMNS = (("recon_verification_accuracy", "recon. verification acc."),
            ("recon_class_agreement", "recon. class agreement"),
            ("feature_cosine_mean", "F cosine"),

@@ -1,5 +1,6 @@
 """Every flagfile parses and builds a run configuration (no typo in a flag, a value or a path),
-and the Table 2 flagfiles set the row's generator and losses."""
+and the Table 2 flagfiles are experiments/table2.py's rows and set each row's generator and
+losses."""
 import glob
 import json
 import os
@@ -26,9 +27,21 @@ for path in sorted(glob.glob("experiments/flagfiles/*.flags")):
 print("CONFIGS " + json.dumps(out))
 """
 
-ROWS = {"A": ("pggan", False, False), "B": ("pggan", True, False), "C": ("pggan", True, True),
-        "D": ("feature_conditional", False, False), "E": ("feature_conditional", True, False),
-        "F": ("feature_conditional", True, True)}
+sys.path.insert(0, ROOT)
+from experiments import table2  # noqa: E402
+
+ROWS = {letter: (o["generator"], o["use_distill"], o["use_biject"])
+        for letter, (_, _, o) in table2.ROWS.items()}
+
+
+def test_table2_flagfiles_are_the_table():
+    """The 36 row flagfiles are written from experiments/table2.py and never edited by hand."""
+    for path, text in table2.all_flagfiles().items():
+        with open(os.path.join(ROOT, path)) as handle:
+            assert handle.read() == text, f"{path} differs from experiments/table2.py: run " \
+                                          f"python experiments/table2.py"
+    on_disk = glob.glob(os.path.join(ROOT, "experiments", "flagfiles", "*_[A-F]_*.flags"))
+    assert sorted(os.path.relpath(p, ROOT) for p in on_disk) == sorted(table2.all_flagfiles())
 
 
 def test_every_flagfile_builds_a_config():

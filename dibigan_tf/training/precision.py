@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import contextlib
 
+from dibigan_tf.config import PRECISION_POLICIES as POLICIES
 from dibigan_tf.keras_compat import keras
-
-POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def check_policy(name: str) -> str:
