@@ -7,15 +7,22 @@ prepared under `data_dir` is a DataError saying how to prepare it.
 
 The images are TFDS's, not aligned by us: LFW's are the 250x250 originals, CelebA's are CelebA's
 own 218x178 crops (`img_align_celeba`). Align them (`DlibAligner`, `ArcFaceAligner`) before a
-matcher sees them.
+matcher sees them: `load_tfds_faces` does, with the identity folders' aligned-crop cache, and is
+what `--dataset=tfds` trains on.
 """
 from __future__ import annotations
 
+import collections
+import hashlib
+import io
 import os
+import time
 
 import numpy as np
+from absl import logging
 
 from dibigan_tf.data.base import DataError
+from dibigan_tf.data.faces import AlignedCache, FaceSet, open_image, to_rgb
 
 
 def _prepared_version(name: str, data_dir: str, code_version: str | None = None) -> str:
@@ -68,16 +75,22 @@ def _builder(name: str, data_dir: str):
     return builder
 
 
-def _read_split(builder, split: str, max_images: int):
+def _examples(builder, split: str, max_images: int = 0, decoders=None):
+    """The split's examples as numpy, in the build's own order (files read in order, never
+    shuffled: the same order on every read of the same build)."""
     import tensorflow_datasets as tfds
 
     if split not in builder.info.splits:
         raise DataError(f"{builder.name}: no split {split!r} (has "
                         f"{', '.join(sorted(builder.info.splits))})")
-    dataset = builder.as_dataset(split=split, shuffle_files=False)
+    dataset = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
     if max_images:
         dataset = dataset.take(int(max_images))
-    return list(tfds.as_numpy(dataset))
+    return tfds.as_numpy(dataset)
+
+
+def _read_split(builder, split: str, max_images: int):
+    return list(_examples(builder, split, max_images))
 
 
 def load_tfds_lfw(data_dir: str, max_images: int = 0):
@@ -115,3 +128,135 @@ def load_tfds_celeb_a(data_dir: str, split: str = "train", max_images: int = 0):
         identities = [str(int(example["identity"]["Identity_No"])) for example in examples]
     return images, attributes, identities
 
+
+
+#: the builds `load_tfds_faces` reads: each has an identity per example
+TFDS_FACE_DATASETS = ("lfw", "celeb_a")
+
+
+def _identity_reader(builder):
+    """A function giving an example's identity name: lfw's label (LFW's folder name), celeb_a's
+    identity number. A celeb_a build without identities is a one-line DataError (person splits
+    cannot be made from it)."""
+    if builder.name == "lfw":
+        return lambda example: _text(example["label"])
+    if "identity" not in builder.info.features:
+        raise DataError(f"{builder.data_dir}: this TFDS celeb_a ({builder.info.version}) has no "
+                        f"identity labels (TFDS adds them from 2.1.0), and the people cannot be "
+                        f"split without them; use --dataset=celeba --data_dir=<CelebA root with "
+                        f"identity_CelebA.txt and the photos> instead")
+    return lambda example: str(int(example["identity"]["Identity_No"]))
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _content_key(encoded: bytes) -> str:
+    return "tfds-sha1:" + hashlib.sha1(encoded).hexdigest()
+
+
+def load_tfds_faces(name: str, data_dir: str, aligner, cache_dir: str, split: str = "train",
+                    max_images: int = 0, chunk_size: int = 500, progress=None):
+    """Aligned faces of a prepared TFDS `lfw` or `celeb_a` split, as `load_face_folders` gives
+    those of an identity folder: (FaceSet, stats) with the same statistics, the same aligned-crop
+    cache and the same rules (an undecodable image counted as "unreadable", a photo without a
+    face as "none", both dropped, never relabelled).
+
+    Identities: lfw's label (the LFW folder name); celeb_a's identity number, which only builds
+    from 2.1.0 have: an older build is a DataError pointing to --dataset=celeba.
+
+    Cache key: a TFDS example has no file, so no path, size and modification time; it is keyed
+    by the SHA-1 of its stored (encoded) image bytes, `tfds-sha1:<hex>`. The crop depends on
+    those bytes and the aligner alone (the cache folder is per aligner), so the key stays
+    correct whatever the order, version, split or data_dir the example is read from: another
+    build of the same photos aligns nothing again, a changed image is aligned anew, and nothing
+    is ever served for the wrong photo (a position key would be, if the data_dir were prepared
+    again in another order). The bytes are hashed without decoding, so a load whose crops are
+    all cached decodes no image.
+
+    FaceSet.paths: `<identity>/<name>-<version>-<split>-<index>` (index: position in the
+    build's unshuffled order), recorded in a run's split.json; the identity is the second-last
+    part, as in a folder's `<identity>/<file>`. TFDS keeps no LFW file numbers, so an LFW pairs
+    file cannot name these images.
+
+    max_images > 0 reads only the first examples (celeb_a's train split is about 19 GB as
+    uint8). A photo is decoded only when its crop is not cached, one at a time: memory holds the
+    crops, never the decoded photos."""
+    import tensorflow_datasets as tfds
+
+    if name not in TFDS_FACE_DATASETS:
+        raise DataError(f"TFDS dataset {name!r}: faces are read from "
+                        f"{' or '.join(TFDS_FACE_DATASETS)} only")
+    builder = _builder(name, data_dir)
+    identity_of = _identity_reader(builder)
+    version = str(builder.info.version)
+    source = f"{builder.data_dir} ({split})"
+    skip = {"image": tfds.decode.SkipDecoding()}   # the stored bytes: hashed, decoded on demand
+    ids, names, keys = [], [], []
+    for index, example in enumerate(_examples(builder, split, max_images, skip)):
+        identity = identity_of(example)
+        names.append(identity)
+        ids.append(f"{identity}/{name}-{version}-{split}-{index:06d}")
+        keys.append(_content_key(example["image"]))
+    if not ids:
+        raise DataError(f"{source}: holds no images")
+    cache = AlignedCache(cache_dir, aligner.key)
+    todo = [i for i, k in enumerate(keys) if k not in cache.entries]
+    start = time.time()
+    if todo:
+        wanted, done = set(todo), 0
+        chunk_keys, status, images = [], [], []
+        for index, example in enumerate(_examples(builder, split, todo[-1] + 1, skip)):
+            if index not in wanted:
+                continue
+            encoded = example["image"]
+            if _content_key(encoded) != keys[index]:
+                raise DataError(f"{source}: example {index} changed while it was read; read it "
+                                f"again once the dataset is no longer being prepared")
+            try:
+                result = aligner.align(to_rgb(open_image(io.BytesIO(encoded), ids[index])))
+                status.append(result.status)
+                images.append(result.image)
+            except DataError as error:
+                logging.warning("%s", error)
+                status.append("unreadable")
+                images.append(None)
+            chunk_keys.append(keys[index])
+            if len(chunk_keys) == chunk_size or done + len(chunk_keys) == len(todo):
+                cache.add(chunk_keys, status, images, aligner.size)
+                done += len(chunk_keys)
+                chunk_keys, status, images = [], [], []
+                if progress:
+                    progress(done, len(todo), time.time() - start)
+        if done != len(todo):
+            raise DataError(f"{source}: gave {done} of the {len(todo)} images to align on a "
+                            f"second read")
+    counts, examples = collections.Counter(), {}
+    kept, crops = [], []
+    for record, identity, key in zip(ids, names, keys):
+        status, image = cache.entries[key]
+        counts[status] += 1
+        examples.setdefault(status, record)
+        if status in ("none", "unreadable"):
+            continue
+        kept.append((record, identity))
+        crops.append(image)
+    if not kept:
+        raise DataError(f"{source}: none of {len(ids)} images gave an aligned face "
+                        f"({dict(counts)})")
+    class_names = sorted({identity for _, identity in kept})
+    label = {identity: i for i, identity in enumerate(class_names)}
+    faces = FaceSet(np.stack(crops).astype(np.uint8),
+                    np.array([label[identity] for _, identity in kept], dtype=np.int64),
+                    class_names, [record for record, _ in kept])
+    stats = {"images": len(ids), "aligned": len(kept), "aligned_this_pass": len(todo),
+             "aligned_share": len(kept) / len(ids), "empty_identity_folders": 0,
+             "listed_missing": 0, "tfds": f"{name} {version} {split}",
+             **{f"status_{k}": int(v) for k, v in sorted(counts.items())},
+             "examples": {k: v for k, v in examples.items() if k != "ok"}}
+    for kind in ("none", "unreadable"):
+        if counts[kind]:
+            logging.warning("%d images skipped as %s (e.g. %s)", counts[kind],
+                            "having no face" if kind == "none" else kind, examples[kind])
+    return faces, stats

@@ -50,18 +50,19 @@ def load_dataset(cfg: RunConfig, run_dir: str):
 
     digits: the embedded MNIST digits, `holdout_per_class` per class held out. faces: the
     identity folders under `data_dir`, aligned onto dlib's face-chip template at `align_size`
-    (cached), a seeded `heldout_fraction` of the *people* held out."""
+    (cached), a seeded `heldout_fraction` of the *people* held out. celeba and tfds (a prepared
+    TensorFlow Datasets build) are faces too, listed another way (`load_faces`)."""
     if cfg.dataset == "digits":
         data = load_embedded_digits()
         train_idx, held_idx = balanced_holdout_split(data.labels, cfg.holdout_per_class,
                                                      cfg.seed)
         names = None
-    elif cfg.dataset in ("faces", "celeba"):
+    elif cfg.dataset in ("faces", "celeba", "tfds"):
         data, _ = load_faces(cfg)
         train_idx, held_idx = split_identities(data.labels, cfg.heldout_fraction, cfg.seed)
         names = data.paths
     else:
-        raise TrainingError(f"unknown dataset {cfg.dataset!r} (digits, faces, celeba)")
+        raise TrainingError(f"unknown dataset {cfg.dataset!r} (digits, faces, celeba, tfds)")
     if cfg.max_train_images:
         keep = np.random.default_rng(cfg.seed).permutation(len(train_idx))[:cfg.max_train_images]
         train_idx = np.sort(train_idx[keep])
@@ -157,26 +158,43 @@ def _relabel(data):
 
 def load_faces(cfg: RunConfig):
     """(FaceSet, alignment statistics) of `cfg.data_dir`; the statistics are logged and kept in
-    `<align cache>/<aligner key>/stats.json`."""
+    `<align cache>/<aligner key>/stats.json`.
+
+    faces: identity folders (or the files of `people`); celeba: CelebA's identity file and
+    photos; tfds: the `tfds_split` of the TFDS build `tfds_name` prepared under `data_dir`
+    (never downloaded), its first `max_train_images` examples when that is set (the held-out
+    people then come from those too). All three are aligned by the same aligner into the same
+    cache (`load_tfds_faces` explains the key of an image that has no file)."""
     from dibigan_tf.data.align import make_aligner
     from dibigan_tf.data.faces import load_face_folders
     if not cfg.data_dir:
         raise TrainingError(f"--dataset={cfg.dataset} needs --data_dir (faces: "
                             f"<root>/<identity>/<image>; celeba: the folder with the identity "
-                            f"file and the images)")
+                            f"file and the images; tfds: the TFDS data_dir holding the prepared "
+                            f"{cfg.tfds_name or 'lfw'})")
+    if cfg.dataset == "tfds" and (cfg.people or cfg.pairs):
+        raise TrainingError(f"--{'people' if cfg.people else 'pairs'} names LFW's images by "
+                            f"their file numbers, which a TFDS build does not keep; use it with "
+                            f"--dataset=faces on LFW's folder")
     aligner = make_aligner(cfg.align_template, cfg.align_size, cfg.align_multiple, cfg.align_none,
                            cfg.align_upsample)
     cache = cfg.align_cache_dir or os.path.join(cfg.checkpoint_dir, "aligned")
-    root, records = cfg.data_dir, None
-    if cfg.dataset == "celeba":
-        from dibigan_tf.data.celeba import find_celeba, read_celeba_identities
-        identity_file, root = find_celeba(cfg.data_dir)
-        records = read_celeba_identities(identity_file, root)
-    elif cfg.people:
-        from dibigan_tf.data.faces import read_lfw_people
-        records = read_lfw_people(cfg.people, cfg.data_dir)
-    faces, stats = load_face_folders(root, aligner, cache, records=records,
-                                     progress=progress_callback("align", "image"))
+    if cfg.dataset == "tfds":
+        from dibigan_tf.data.tfds_faces import load_tfds_faces
+        faces, stats = load_tfds_faces(cfg.tfds_name, cfg.data_dir, aligner, cache,
+                                       split=cfg.tfds_split, max_images=cfg.max_train_images,
+                                       progress=progress_callback("align", "image"))
+    else:
+        root, records = cfg.data_dir, None
+        if cfg.dataset == "celeba":
+            from dibigan_tf.data.celeba import find_celeba, read_celeba_identities
+            identity_file, root = find_celeba(cfg.data_dir)
+            records = read_celeba_identities(identity_file, root)
+        elif cfg.people:
+            from dibigan_tf.data.faces import read_lfw_people
+            records = read_lfw_people(cfg.people, cfg.data_dir)
+        faces, stats = load_face_folders(root, aligner, cache, records=records,
+                                         progress=progress_callback("align", "image"))
     logging.info("faces: %d of %d images aligned (%.1f%%), %d identities; %s",
                  stats["aligned"], stats["images"], 100 * stats["aligned_share"],
                  faces.num_classes, {k: v for k, v in stats.items() if k.startswith("status_")})
