@@ -70,7 +70,10 @@ def test_student_stage_on_faces_with_dlib(tmp_path):
                  "--batch_sizes=8,8,8", "--log_every=1", "--image_every=4")
     assert whole.returncode == 0, (whole.stdout + whole.stderr)[-3000:]
     report = json.loads((tmp_path / "ck" / "second" / "report" / "metrics.json").read_text())
-    assert report["blackbox_queries"] == 24 + 8          # the 8 held-out reconstructions only
+    # the 8 held-out reconstructions, and v_variation's images (8 features x 8 v at most)
+    v_queries = report["v_variation_blackbox_queries"]
+    assert 0 < v_queries <= 8 * 8
+    assert report["blackbox_queries"] == 24 + 8 + v_queries
     assert 0.0 <= report["recon_class_agreement"] <= 1.0     # rank-1 among the held-out people
     assert report["flow_bits_per_dim_mixture"] > 0 and "flow_bits_per_dim" not in report
     assert report["flow_train_bits_per_dim"] > 0

@@ -125,7 +125,10 @@ def _trained_generator_and_evaluate_cli(tmp_path, run_dir, report):
                 "attack_type1_tar_at_far_1e-03", "attack_type2_tar_at_far_1e-04",
                 "ms_ssim_recon", "ms_ssim_real", "feature_cosine_mean"):
         assert 0.0 <= metrics[key] <= 1.0, (key, metrics)
-    assert metrics["images"] == 30 and metrics["blackbox_queries"] == 60   # 30 real + 30 recon
+    # 30 real + 30 recon, and the v_variation measure's images (at most 30 features x 8 v)
+    v_queries = metrics["v_variation_blackbox_queries"]
+    assert 0 < v_queries <= 30 * 8
+    assert metrics["images"] == 30 and metrics["blackbox_queries"] == 60 + v_queries
     assert (out / "reconstructions.png").exists()
     # the same numbers in-process: the JPEG files read back, F (as a Keras file), G, F again
     from dibigan_tf.data.faces import read_rgb
