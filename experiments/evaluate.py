@@ -196,7 +196,8 @@ def evaluate():
     from dibigan_tf.evaluation.tta import mirror
     from dibigan_tf.matchers.registry import open_matcher
     from dibigan_tf.matchers.store import FeatureStore
-    from dibigan_tf.training.pipeline import matcher_images, progress_callback
+    from dibigan_tf.training.image_formats import matcher_images
+    from dibigan_tf.training.common import progress_callback
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     stats = {}
     images, names, idx_a, idx_b, same = _pair_images(stats)

@@ -71,8 +71,9 @@ def main(argv):
     from dibigan_tf.data.base import DataError
     from dibigan_tf.matchers.base import MatcherError
     from dibigan_tf.training.common import StopRequested, TrainingError
-    from dibigan_tf.training.pipeline import (check_config, run_align, run_blackbox,
-                                             run_features, run_figure3, run_flow, run_student)
+    from dibigan_tf.training.pipeline import (run_align, run_blackbox, run_features,
+                                             run_figure3, run_flow, run_student)
+    from dibigan_tf.training.rundir import check_config
     try:
         cfg = build_config()
         check_config(cfg, FLAGS.stage)   # every check that needs no data, before any work

@@ -18,6 +18,11 @@ from dibigan_tf.keras_compat import keras
 from dibigan_tf.training import precision
 
 
+def save_json(path, data):
+    """A run's JSON file (config, split, metrics), written atomically and readably."""
+    write_json_atomic(path, data, indent=2, sort_keys=True, default=str)
+
+
 class TrainingError(RuntimeError):
     """A training cannot go on (non-finite loss, bad configuration...)."""
 
@@ -175,6 +180,17 @@ class Progress:
 
 
 # --------------------------------------------------------------------------- resumable stage
+
+def progress_callback(name: str, unit: str):
+    """A `progress(done, total, seconds)` callback drawing a Progress line (made on first use)."""
+    bars = {}
+
+    def update(done, total, _seconds):
+        if total not in bars:
+            bars[total] = Progress(name, total, unit=unit)
+        bars[total].update(done)
+    return update
+
 
 class Stage:
     """One resumable training: `checkpoints/<run>/<name>/` with ckpt/, tb/ and done.json.

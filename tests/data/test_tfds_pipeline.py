@@ -12,7 +12,7 @@ from PIL import Image
 
 from dibigan_tf.config import RunConfig
 from dibigan_tf.data.base import DataError
-from dibigan_tf.training import pipeline
+from dibigan_tf.training import datasets
 from dibigan_tf.training.common import TrainingError
 from tests.data.test_loaders import _prepare_fake_tfds
 from tests.support import astronaut
@@ -63,7 +63,7 @@ def test_tfds_lfw_is_aligned_cached_and_split_by_person(tmp_path):
         {"label": name, "image": image} for name, image in zip(names, images)]})
     cfg = _cfg(tmp_path)
 
-    faces, stats = pipeline.load_faces(cfg)
+    faces, stats = datasets.load_faces(cfg)
     assert stats["images"] == 13 and stats["aligned_this_pass"] == 13
     assert stats["aligned"] == 12 and stats["status_none"] == 1
     assert stats["examples"]["none"] == "Bob_B/lfw-0.1.1-train-000012"
@@ -80,7 +80,7 @@ def test_tfds_lfw_is_aligned_cached_and_split_by_person(tmp_path):
 
     # the pipeline's split: whole people held out, recorded by example id
     run = _run_dir(tmp_path)
-    train, heldout = pipeline.load_dataset(cfg, run)
+    train, heldout = datasets.load_dataset(cfg, run)
     assert len(train) + len(heldout) == 12
     assert len(heldout.class_names) == 1
     assert not set(train.class_names) & set(heldout.class_names)
@@ -93,17 +93,17 @@ def test_tfds_lfw_is_aligned_cached_and_split_by_person(tmp_path):
 
     # a second load aligns nothing and gives the same split; so does a copy of the build
     # elsewhere (the key is the stored image, not where or in which order it was read)
-    again, stats = pipeline.load_faces(cfg)
+    again, stats = datasets.load_faces(cfg)
     assert stats["aligned_this_pass"] == 0 and again.paths == faces.paths
     np.testing.assert_array_equal(again.images, faces.images)
-    train2, _ = pipeline.load_dataset(cfg, run)
+    train2, _ = datasets.load_dataset(cfg, run)
     assert train2.paths == train.paths
     shutil.copytree(tmp_path / "tfds", tmp_path / "elsewhere")
-    moved, stats = pipeline.load_faces(_cfg(tmp_path, data_dir=str(tmp_path / "elsewhere")))
+    moved, stats = datasets.load_faces(_cfg(tmp_path, data_dir=str(tmp_path / "elsewhere")))
     assert stats["aligned_this_pass"] == 0 and moved.paths == faces.paths
 
     # max_train_images reads only the first examples
-    part, stats = pipeline.load_faces(_cfg(tmp_path, max_train_images=6))
+    part, stats = datasets.load_faces(_cfg(tmp_path, max_train_images=6))
     assert stats["images"] == 6 and stats["aligned_this_pass"] == 0
     assert part.paths == faces.paths[:6]
 
@@ -123,7 +123,7 @@ def test_tfds_celeb_a_identities_are_the_people(tmp_path):
         _celeb_a_example(features, k + 1, i) for k, i in enumerate(identities)]})
     cfg = _cfg(tmp_path, tfds_name="celeb_a", align_template="none", align_size=16,
                heldout_fraction=0.34)
-    train, heldout = pipeline.load_dataset(cfg, _run_dir(tmp_path))
+    train, heldout = datasets.load_dataset(cfg, _run_dir(tmp_path))
     assert sorted(train.class_names + heldout.class_names) == ["17", "2880", "5"]
     assert len(heldout.class_names) == 1 and len(heldout) == 2 and len(train) == 4
     assert train.images.shape[1:] == (16, 16, 3)
@@ -148,7 +148,7 @@ def test_tfds_celeb_a_without_identities_is_a_one_line_error(tmp_path):
     os.rename(path, os.path.join(os.path.dirname(path), "2.0.1"))
     cfg = _cfg(tmp_path, tfds_name="celeb_a", align_template="none", align_size=16)
     with pytest.raises(DataError) as error:
-        pipeline.load_dataset(cfg, _run_dir(tmp_path))
+        datasets.load_dataset(cfg, _run_dir(tmp_path))
     message = str(error.value)
     assert "\n" not in message and "no identity labels" in message
     assert "--dataset=celeba" in message and "identity_CelebA.txt" in message
@@ -158,11 +158,11 @@ def test_tfds_celeb_a_without_identities_is_a_one_line_error(tmp_path):
 
 def test_tfds_refuses_lfw_file_numbers_and_a_missing_build(tmp_path):
     with pytest.raises(TrainingError, match="--pairs names LFW's images by their file numbers"):
-        pipeline.load_faces(_cfg(tmp_path, pairs="pairs.txt"))
+        datasets.load_faces(_cfg(tmp_path, pairs="pairs.txt"))
     with pytest.raises(TrainingError, match="--people names"):
-        pipeline.load_faces(_cfg(tmp_path, people="people.txt"))
+        datasets.load_faces(_cfg(tmp_path, people="people.txt"))
     with pytest.raises(TrainingError, match="needs --data_dir .*tfds: the TFDS data_dir"):
-        pipeline.load_faces(_cfg(tmp_path, data_dir=""))
+        datasets.load_faces(_cfg(tmp_path, data_dir=""))
     (tmp_path / "tfds").mkdir()
     with pytest.raises(DataError, match="'lfw' is not prepared .*tfds build lfw"):
-        pipeline.load_faces(_cfg(tmp_path, align_template="none"))
+        datasets.load_faces(_cfg(tmp_path, align_template="none"))

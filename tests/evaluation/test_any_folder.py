@@ -120,10 +120,10 @@ def test_make_pairs_says_what_it_skipped_when_too_few_people(tmp_path):
 def test_training_pairs_file_finds_images_as_evaluate_does(tmp_path):
     """train.py --pairs on a non-LFW folder: its held-out pairs are found by the same numbering."""
     from types import SimpleNamespace
-    from dibigan_tf.training.pipeline import _pairs_file_indices
+    from dibigan_tf.training.pairs import pairs_file_indices
     root = _mixed_folder(tmp_path / "data")
     held = SimpleNamespace(paths=["s2/1.pgm", "s2/10.pgm", "alice/IMG 2.PNG", "bob/a.png"])
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("s2\t1\t10\nalice\t2\tbob\t1\ns1\t1\t2\n")
-    a, b, same = _pairs_file_indices(str(pairs), held, str(root))
+    a, b, same = pairs_file_indices(str(pairs), held, str(root))
     assert a.tolist() == [0, 2] and b.tolist() == [1, 3] and same.tolist() == [True, False]

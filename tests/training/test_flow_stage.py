@@ -66,12 +66,12 @@ def test_flow_stage_alone_then_loaded_by_a_run(tmp_path):
     assert 0.0 < report["biject_intra_inter_ratio_real"] < 2.0
     assert 0.0 < report["biject_intra_inter_ratio_real_h"] < 2.0
     # a report written again for the same G keeps the Figure 3 keys; for a retrained G it drops them
-    from dibigan_tf.training.pipeline import _extra_report_keys
-    kept = _extra_report_keys(str(tmp_path / "r" / "report"), str(tmp_path / "r"))
+    from dibigan_tf.training.run_report import extra_report_keys
+    kept = extra_report_keys(str(tmp_path / "r" / "report"), str(tmp_path / "r"))
     assert kept["biject_intra_inter_ratio_with"] == report["biject_intra_inter_ratio_with"]
     done = tmp_path / "r" / "gan" / "done.json"
     done.write_text(done.read_text().replace('"step"', '"step_of_another_run"'))
-    assert _extra_report_keys(str(tmp_path / "r" / "report"), str(tmp_path / "r")) == {}
+    assert extra_report_keys(str(tmp_path / "r" / "report"), str(tmp_path / "r")) == {}
 
     # The trained G outside training: TrainedGenerator rebuilds G_ema from the run and gives the
     # run's own reconstructions (same seed, same v), so F's cosine matches the report exactly

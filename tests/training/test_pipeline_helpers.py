@@ -7,16 +7,16 @@ import pytest
 def test_unknown_augment_stage_is_a_one_line_error():
     from dibigan_tf.config import RunConfig
     from dibigan_tf.training.common import TrainingError
-    from dibigan_tf.training.pipeline import _augment_stages
-    assert _augment_stages(RunConfig(augment_stages="student, gan")) == {"student", "gan"}
-    assert _augment_stages(RunConfig(augment_stages="")) == set()
+    from dibigan_tf.training.datasets import augment_stages
+    assert augment_stages(RunConfig(augment_stages="student, gan")) == {"student", "gan"}
+    assert augment_stages(RunConfig(augment_stages="")) == set()
     with pytest.raises(TrainingError, match="unknown stage.*'matcher'"):
-        _augment_stages(RunConfig(augment_stages="student,matcher"))
+        augment_stages(RunConfig(augment_stages="student,matcher"))
 
 
 def test_config_changes_name_the_training_settings_that_differ():
     from dibigan_tf.config import RunConfig
-    from dibigan_tf.training.pipeline import config_changes
+    from dibigan_tf.training.rundir import config_changes
     old = json.loads(json.dumps(RunConfig().to_dict()))
     new = RunConfig(stop_after_steps=5, augment_copies=2)
     new.gan.learning_rate = 0.004
@@ -29,9 +29,9 @@ def test_config_changes_name_the_training_settings_that_differ():
 def test_bad_augment_stage_stops_the_run_before_anything_is_written(tmp_path):
     from dibigan_tf.config import RunConfig
     from dibigan_tf.training.common import TrainingError
-    from dibigan_tf.training.pipeline import _open_run
+    from dibigan_tf.training.rundir import open_run
     with pytest.raises(TrainingError, match="--augment_stages"):
-        _open_run(RunConfig(checkpoint_dir=str(tmp_path), augment_stages="flwo"), None)
+        open_run(RunConfig(checkpoint_dir=str(tmp_path), augment_stages="flwo"), None)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -39,20 +39,20 @@ def test_attack_images_are_the_split_then_its_copies():
     import numpy as np
     from dibigan_tf.config import RunConfig
     from dibigan_tf.data.digits import load_embedded_digits
-    from dibigan_tf.training.pipeline import _attack_images
+    from dibigan_tf.training.datasets import attack_images
     train = load_embedded_digits().subset(np.arange(0, 5000, 500))
-    assert _attack_images(RunConfig(), train) is train
-    attack = _attack_images(RunConfig(augment_copies=2, seed=5), train)
+    assert attack_images(RunConfig(), train) is train
+    attack = attack_images(RunConfig(augment_copies=2, seed=5), train)
     assert len(attack) == 30 and attack.labels.tolist() == train.labels.tolist() * 3
     np.testing.assert_array_equal(attack.images[:10], train.images)
     np.testing.assert_array_equal(attack.images[10:],
-                                  _attack_images(RunConfig(augment_copies=2, seed=5),
+                                  attack_images(RunConfig(augment_copies=2, seed=5),
                                                  train).images[10:])
 
 
 def test_figure3_summary_over_seeds():
     import numpy as np
-    from dibigan_tf.training.pipeline import _figure3_summary
+    from dibigan_tf.training.figure3 import figure3_summary
 
     def seed(without, with_, without_h, with_h):
         return {"biject_intra_inter_ratio_without": without,
@@ -61,8 +61,8 @@ def test_figure3_summary_over_seeds():
                 "biject_intra_inter_ratio_with_h": with_h}
 
     one = seed(0.5, 0.4, 0.7, 0.8)
-    assert _figure3_summary([one]) == one          # one seed: the keys as they were
-    out = _figure3_summary([one, seed(0.4, 0.5, 0.6, 0.5), seed(0.6, 0.3, 0.9, 0.7)])
+    assert figure3_summary([one]) == one          # one seed: the keys as they were
+    out = figure3_summary([one, seed(0.4, 0.5, 0.6, 0.5), seed(0.6, 0.3, 0.9, 0.7)])
     assert out["biject_figure3_seeds"] == 3
     assert out["biject_intra_inter_ratio_with_per_seed"] == [0.4, 0.5, 0.3]
     assert out["biject_intra_inter_ratio_with"] == pytest.approx(0.4)
@@ -139,14 +139,14 @@ def test_a_checkpoint_missing_network_weights_is_refused_not_half_loaded(tmp_pat
 def test_flow_from_run_with_other_shape_flags_is_refused(tmp_path):
     from dibigan_tf.config import FlowConfig, RunConfig
     from dibigan_tf.training.common import TrainingError
-    from dibigan_tf.training.pipeline import _check_flow_from_run
+    from dibigan_tf.training.stages import check_flow_from_run
     h = tmp_path / "h"
     (h / "flow").mkdir(parents=True)
     (h / "flow" / "done.json").write_text("{}")
     (h / "config.json").write_text(json.dumps(RunConfig(flow=FlowConfig(num_steps=5)).to_dict()))
-    _check_flow_from_run(RunConfig(flow=FlowConfig(num_steps=5, epochs=3, from_run=str(h))))
+    check_flow_from_run(RunConfig(flow=FlowConfig(num_steps=5, epochs=3, from_run=str(h))))
     with pytest.raises(TrainingError, match="--flow_steps=5 there, 3 here"):
-        _check_flow_from_run(RunConfig(flow=FlowConfig(num_steps=3, from_run=str(h))))
+        check_flow_from_run(RunConfig(flow=FlowConfig(num_steps=3, from_run=str(h))))
 
 
 def test_flow_trains_on_whole_pixel_shifts_with_background_zero(tmp_path):

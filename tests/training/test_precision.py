@@ -12,7 +12,7 @@ from dibigan_tf.training import precision
 from dibigan_tf.training.common import TrainingError, make_strategy
 from dibigan_tf.training.flow import make_flow
 from dibigan_tf.training.gan import GanConfig, GanTrainer
-from dibigan_tf.training.pipeline import _open_run
+from dibigan_tf.training.rundir import open_run
 from dibigan_tf.training.student import train_student
 
 
@@ -111,9 +111,9 @@ def test_policy_scope_restores_and_refuses_unknown_names():
 
 def test_a_run_keeps_the_policy_it_started_with(tmp_path):
     cfg = RunConfig(run_name="r", checkpoint_dir=str(tmp_path))
-    _open_run(cfg, None)
+    open_run(cfg, None)
     saved = json.load(open(tmp_path / "r" / "config.json"))
     assert saved["mixed_precision"] == "float32"
     other = RunConfig(run_name="r", checkpoint_dir=str(tmp_path), mixed_precision="mixed_float16")
     with pytest.raises(TrainingError, match="started with --mixed_precision=float32"):
-        _open_run(other, None)
+        open_run(other, None)

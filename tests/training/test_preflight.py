@@ -13,7 +13,7 @@ import pytest
 
 from dibigan_tf.config import MatcherConfig, RunConfig
 from dibigan_tf.data.base import ImageSet
-from dibigan_tf.training import pipeline
+from dibigan_tf.training import datasets, rundir
 from dibigan_tf.training.common import TrainingError
 from dibigan_tf.training.gan import GanConfig
 from tests.support import ROOT, TINY
@@ -37,16 +37,16 @@ def _cfg(**kwargs):
 ])
 def test_flag_checks_before_anything_runs(kwargs, message):
     with pytest.raises(TrainingError, match=message) as info:
-        pipeline.check_config(_cfg(**kwargs), "all")
+        rundir.check_config(_cfg(**kwargs), "all")
     assert "\n" not in str(info.value)
 
 
 def test_flag_checks_follow_the_stage():
-    pipeline.check_config(_cfg(), "all")                       # the defaults pass
-    pipeline.check_config(_cfg(image_size=64), "student")      # G is not trained by it
+    rundir.check_config(_cfg(), "all")                       # the defaults pass
+    rundir.check_config(_cfg(image_size=64), "student")      # G is not trained by it
     cfg = _cfg(student=dataclasses.replace(RunConfig().student, batch_size=0))
     with pytest.raises(TrainingError, match="--student_batch_size=0"):
-        pipeline.check_config(cfg, "student")
+        rundir.check_config(cfg, "student")
 
 
 def _set(labels):
@@ -57,33 +57,33 @@ def _set(labels):
 
 def test_data_checks_before_any_query():
     with pytest.raises(TrainingError, match="only 15 training images.*at least 16"):
-        pipeline._check_data(_cfg(), _set(np.arange(15) % 3), _set([0, 0]), report=True)
-    pipeline._check_data(_cfg(), _set(np.arange(16) % 3), _set([0, 0]), report=True)
+        datasets.check_data(_cfg(), _set(np.arange(15) % 3), _set([0, 0]), report=True)
+    datasets.check_data(_cfg(), _set(np.arange(16) % 3), _set([0, 0]), report=True)
     # faces: the report's verification pairs among the held-out people, before anything trains
     faces = _cfg(dataset="faces", eval_positive_pairs=100, eval_negative_pairs=100)
     few = _set([0, 0, 1, 1, 2, 3])                              # 2 positive pairs
     with pytest.raises(TrainingError, match="allow only 2 positive pairs, the report needs 10"):
-        pipeline._check_data(faces, _set(np.arange(20) % 4), few, report=True)
-    pipeline._check_data(faces, _set(np.arange(20) % 4), few, report=False)   # --stage=student
+        datasets.check_data(faces, _set(np.arange(20) % 4), few, report=True)
+    datasets.check_data(faces, _set(np.arange(20) % 4), few, report=False)   # --stage=student
 
 
 def test_a_new_split_replaces_the_old_one_until_a_stage_trained_on_it(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    pipeline.load_dataset(_cfg(max_train_images=100, holdout_per_class=5), str(run))
+    datasets.load_dataset(_cfg(max_train_images=100, holdout_per_class=5), str(run))
     first = json.loads((run / "split.json").read_text())
     # nothing trained yet (the feature store of a file/service matcher does not depend on it)
     (run / "features").mkdir()
     (run / "features" / "x").write_text("")
     cfg = _cfg(max_train_images=120, holdout_per_class=5,
                matcher=MatcherConfig(name="http", url="http://127.0.0.1:1/"))
-    train, _ = pipeline.load_dataset(cfg, str(run))
+    train, _ = datasets.load_dataset(cfg, str(run))
     assert len(train) == 120 and json.loads((run / "split.json").read_text()) != first
     # a trained stage: the error names split.json and that stage, nothing else
     (run / "student" / "ckpt").mkdir(parents=True)
     (run / "flow").mkdir()                                   # empty: nothing trained
     with pytest.raises(TrainingError) as info:
-        pipeline.load_dataset(_cfg(max_train_images=100, holdout_per_class=5,
+        datasets.load_dataset(_cfg(max_train_images=100, holdout_per_class=5,
                                    matcher=cfg.matcher), str(run))
     message = str(info.value)
     assert f"delete {run / 'split.json'} and {run / 'student'} (" in message
