@@ -281,6 +281,11 @@ class RunConfig:
     figure3_seeds: int = setting(1, "Figure 3: pairs of G (with and without L_biject) compared, "
                                  "one per G seed (1-9); seed 0 is the run's own G. Each further "
                                  "seed trains two more G.", lower_bound=1, upper_bound=9)
+    v_variation_draws: int = setting(8, "The report's v_variation: draws of v per held-out "
+                                     "feature (0: not measured; each image is one query of F).",
+                                     lower_bound=0)
+    v_variation_features: int = setting(64, "The report's v_variation: held-out features it "
+                                        "uses (at most).", lower_bound=2)
     eval_positive_pairs: int = setting(3000, "Positive verification pairs.")
     eval_negative_pairs: int = setting(3000, "Negative verification pairs.")
     checkpoint_every_seconds: float = setting(120.0, "Checkpoint period (seconds).")

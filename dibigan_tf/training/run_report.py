@@ -43,13 +43,16 @@ def write_run_report(cfg: RunConfig, ctx) -> dict:
     metrics = evaluate_reconstructions(held_features, recon_features, heldout.labels,
                                        gallery[0], gallery[1], num_positive=pos,
                                        num_negative=neg, seed=cfg.seed)
-    # does v change the face, and does identity survive every v (8 v over 64 held-out features)
-    queries = store.total_queries
-    metrics.update(v_variation(lambda f, v: trainer.reconstruct(f, v=v), held_features,
-                               held_features, lambda images: store.features(
-                                   matcher_images(ctx.matcher, images)), seed=cfg.seed,
-                               labels=heldout.labels, latent_dim=trainer.cfg.latent_dim))
-    metrics["v_variation_blackbox_queries"] = store.total_queries - queries
+    # does v change the face, and does identity survive every v (v_variation_draws v over up to
+    # v_variation_features held-out features; their images are F queries, counted)
+    if cfg.v_variation_draws:
+        queries = store.total_queries
+        metrics.update(v_variation(
+            lambda f, v: trainer.reconstruct(f, v=v), held_features, held_features,
+            lambda images: store.features(matcher_images(ctx.matcher, images)),
+            num_features=cfg.v_variation_features, num_draws=cfg.v_variation_draws,
+            seed=cfg.seed, labels=heldout.labels, latent_dim=trainer.cfg.latent_dim))
+        metrics["v_variation_blackbox_queries"] = store.total_queries - queries
     seconds["evaluate"] = time.time() - start
     metrics.update(ctx.flow_metrics)
     metrics["student_cosine_heldout"] = ctx.student_cosine

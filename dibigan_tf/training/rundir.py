@@ -37,6 +37,9 @@ def check_config(cfg: RunConfig, stage: str = "all"):
             raise TrainingError(f"G's last stage is {last}x{last} (--start_resolution="
                                 f"{g.start_resolution}, --num_blocks={g.num_blocks}) but the images "
                                 f"are {size}x{size} (--image_size); make them equal")
+        if cfg.v_variation_draws == 1:
+            raise TrainingError("--v_variation_draws=1: the spread across v needs at least 2 "
+                                "draws (0: not measured)")
         if min(cfg.eval_positive_pairs, cfg.eval_negative_pairs) <= 0:
             raise TrainingError("--eval_positive_pairs and --eval_negative_pairs must be positive")
 

@@ -34,6 +34,7 @@ def _cfg(**kwargs):
     (dict(gan=dict(batch_sizes=(16, -4, 8))), "--batch_sizes=16,-4,8"),
     (dict(gan=dict(base_batch_size=0)), "--base_batch_size=0"),
     (dict(eval_positive_pairs=0), "--eval_positive_pairs"),
+    (dict(v_variation_draws=1), "--v_variation_draws=1"),
 ])
 def test_flag_checks_before_anything_runs(kwargs, message):
     with pytest.raises(TrainingError, match=message) as info:
