@@ -290,11 +290,6 @@ class RunConfig:
     eval_negative_pairs: int = setting(3000, "Negative verification pairs.")
     checkpoint_every_seconds: float = setting(120.0, "Checkpoint period (seconds).")
     checkpoint_every_steps: int = setting(0, "Checkpoint period (steps; 0: off).")
-    stop_after_steps: int = setting(0, "Stop the GAN stage after this many steps in this "
-                                    "process (to test resumption).")
-    inject_nan: str = setting("", "Fault injection for tests: '<stage>:<step>' makes that "
-                              "step's first loss NaN (the run must stop, naming it, with the "
-                              "last good checkpoint kept).")
     # speed flags of every training (F^S, H, G/D): XLA, and the Keras precision policy of F^S and
     # G/D (training/precision.py; H stays float32). The run's values; `gan`'s copies are set from
     # them (__post_init__), so the G/D trainer and config.json never disagree with F^S and H.

@@ -24,6 +24,13 @@ FLAGS = flags.FLAGS
 define_flags(groups=("run",))
 flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices (tests "
                      "and CPU runs of --strategy=mirrored).")
+# Test hooks: how a run is driven in the crash-safety tests, not settings of the run (they are
+# not in its config.json); passed to the training loops (training/loops.run_phase).
+flags.DEFINE_integer("stop_after_steps", 0, "Test hook: stop the GAN stage cleanly after this "
+                     "many steps in this process (to test resumption).", lower_bound=0)
+flags.DEFINE_string("inject_nan", "", "Test hook (fault injection): '<stage>:<step>' makes that "
+                    "step's first loss NaN (the run must stop, naming it, with the last good "
+                    "checkpoint kept).")
 flags.DEFINE_enum("stage", "all", ["all", "align", "features", "student", "flow", "figure3"],
                   "all: every stage and the report; align: only the face alignment (counts and "
                   "photos/s); features: only F's answers for every image, "
@@ -60,6 +67,15 @@ def build_config():
         raise app.UsageError(str(error)) from None
 
 
+def _test_hooks() -> dict:
+    hooks = {}
+    if FLAGS.inject_nan:
+        hooks["inject_nan"] = FLAGS.inject_nan
+    if FLAGS.stop_after_steps:
+        hooks["stop_after_steps"] = FLAGS.stop_after_steps
+    return hooks
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -83,7 +99,7 @@ def main(argv):
     try:
         metrics = {"flow": run_flow, "figure3": run_figure3, "all": run_blackbox,
                    "student": run_student, "features": run_features,
-                   "align": run_align}[FLAGS.stage](cfg)
+                   "align": run_align}[FLAGS.stage](cfg, _test_hooks())
     except StopRequested as stop:
         print(f"stopped: {stop}")
         return 3

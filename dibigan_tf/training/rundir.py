@@ -63,10 +63,9 @@ def open_run(cfg: RunConfig, loop_kwargs: dict | None):
     save_json(config_path, cfg.to_dict())
     strategy = make_strategy(cfg.strategy, cfg.num_gpus or None)
     loop_kwargs = dict(loop_kwargs or {})
+    loop_kwargs.pop("stop_after_steps", None)   # the G/D stage's own (stages.train_stages)
     loop_kwargs.setdefault("checkpoint_every_seconds", cfg.checkpoint_every_seconds)
     loop_kwargs.setdefault("checkpoint_every_steps", cfg.checkpoint_every_steps)
-    if cfg.inject_nan:
-        loop_kwargs.setdefault("inject_nan", cfg.inject_nan)
     return run_dir, strategy, loop_kwargs
 
 
@@ -79,7 +78,8 @@ def _check_same_precision(old: dict, cfg: RunConfig):
                             f"resume it with the same policy, or give another --run_name")
 
 
-# Settings that change how a run is driven, not what it trains.
+# Settings that change how a run is driven, not what it trains (stop_after_steps and inject_nan:
+# test hooks that older config.json files still hold).
 _DRIVING_KEYS = {"stop_after_steps", "inject_nan", "checkpoint_every_seconds",
                  "checkpoint_every_steps", "figure3_seeds",
                  "log_every", "image_every", "checkpoint_dir", "cache_real_targets"}

@@ -65,7 +65,12 @@ class RunContext:
 
 
 def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
-    """Runs (or loads) every training stage of a run, in order; returns a RunContext."""
+    """Runs (or loads) every training stage of a run, in order; returns a RunContext.
+
+    loop_kwargs: the training loops' keyword arguments (loops.run_phase), such as the test hooks
+    `inject_nan` (every stage) and `stop_after_steps` (the G/D stage only)."""
+    loop_kwargs = dict(loop_kwargs or {})
+    stop_gan_after = loop_kwargs.pop("stop_after_steps", 0)
     check_config(cfg, "all")
     check_flow_from_run(cfg)
     run_dir, strategy, loop_kwargs = open_run(cfg, loop_kwargs)
@@ -92,7 +97,7 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
     trainer = GanTrainer(run_dir, strategy, cfg.gan, gan_set.images, gan_features, gan_set.labels,
                          student=student if cfg.gan.use_distill else None,
                          flow=flow if cfg.gan.use_biject else None, prior=prior)
-    trainer.train(stop_after_steps=cfg.stop_after_steps, **loop_kwargs)
+    trainer.train(stop_after_steps=stop_gan_after, **loop_kwargs)
     seconds["gan"] = stage_seconds(run_dir, "gan")
 
     return dataclasses.replace(ctx, gan_pairs=pick["gan"], student=student,

@@ -18,7 +18,7 @@ def test_config_changes_name_the_training_settings_that_differ():
     from dibigan_tf.config import RunConfig
     from dibigan_tf.training.rundir import config_changes
     old = json.loads(json.dumps(RunConfig().to_dict()))
-    new = RunConfig(stop_after_steps=5, augment_copies=2)
+    new = RunConfig(checkpoint_every_seconds=5, augment_copies=2)
     new.gan.learning_rate = 0.004
     new = json.loads(json.dumps(new.to_dict()))
     assert config_changes(old, new) == ["augment_copies: 0 -> 2",
