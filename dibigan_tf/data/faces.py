@@ -253,43 +253,54 @@ def load_face_folders(root: str, aligner, cache_dir: str, chunk_size: int = 500,
     start = time.time()
     for c in range(0, len(todo), chunk_size):
         chunk = todo[c:c + chunk_size]
-        status, images = [], []
-        for i in chunk:
-            try:
-                result = aligner.align(read_rgb(os.path.join(root, paths[i])))
-                status.append(result.status)
-                images.append(result.image)
-            except DataError as error:
-                logging.warning("%s", error)
-                status.append("unreadable")
-                images.append(None)
-        cache.add([keys[i] for i in chunk], status, images, aligner.size)
+        done = [align_one(aligner, lambda: read_rgb(os.path.join(root, paths[i])))
+                for i in chunk]
+        cache.add([keys[i] for i in chunk], [d[0] for d in done], [d[1] for d in done],
+                  aligner.size)
         if progress:
             progress(min(c + chunk_size, len(todo)), len(todo), time.time() - start)
-    counts = collections.Counter()
-    examples = {}
-    kept, labels_by_name, images = [], {}, []
-    for rel, name, key in zip(paths, names, keys):
+    return faces_from_cache(paths, names, keys, cache, root, aligned_this_pass=len(todo),
+                            empty_identity_folders=len(empty), listed_missing=len(missing))
+
+
+def align_one(aligner, read):
+    """(status, crop or None) of one photo: `read()` gives its RGB pixels; an unreadable photo
+    is logged and counted, never fatal."""
+    try:
+        result = aligner.align(read())
+        return result.status, result.image
+    except DataError as error:
+        logging.warning("%s", error)
+        return "unreadable", None
+
+
+def faces_from_cache(records, names, keys, cache, source: str, **extra_stats):
+    """(FaceSet, stats) of the images `records` (their ids: relative paths or example ids) of
+    identities `names`, read from the aligned-crop `cache` under `keys`; photos without a face
+    or unreadable are left out and counted (stats: images, aligned, the share, each status's
+    count and one example record of each failure, and `extra_stats`)."""
+    counts, examples = collections.Counter(), {}
+    kept, images = [], []
+    for record, name, key in zip(records, names, keys):
         status, image = cache.entries[key]
         counts[status] += 1
-        examples.setdefault(status, rel)
+        examples.setdefault(status, record)
         if status in ("none", "unreadable"):
             continue
-        kept.append((rel, name))
+        kept.append((record, name))
         images.append(image)
     if not kept:
-        raise DataError(f"{root}: none of {len(paths)} images gave an aligned face "
+        raise DataError(f"{source}: none of {len(records)} images gave an aligned face "
                         f"({dict(counts)})")
     class_names = sorted({name for _, name in kept})
     index = {name: i for i, name in enumerate(class_names)}
     faces = FaceSet(np.stack(images).astype(np.uint8),
                     np.array([index[name] for _, name in kept], dtype=np.int64), class_names,
-                    [rel for rel, _ in kept])
-    stats = {"images": len(paths), "aligned": len(kept), "aligned_this_pass": len(todo),
-             "aligned_share": len(kept) / len(paths),
-             "empty_identity_folders": len(empty), "listed_missing": len(missing),
+                    [record for record, _ in kept])
+    stats = {"images": len(records), "aligned": len(kept),
+             "aligned_share": len(kept) / len(records), **extra_stats,
              **{f"status_{k}": int(v) for k, v in sorted(counts.items())},
-             "examples": {k: v for k, v in examples.items() if k not in ("ok",)}}
+             "examples": {k: v for k, v in examples.items() if k != "ok"}}
     for kind in ("none", "unreadable"):
         if counts[kind]:
             logging.warning("%d images skipped as %s (e.g. %s)", counts[kind],

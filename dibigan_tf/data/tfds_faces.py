@@ -12,17 +12,16 @@ what `--dataset=tfds` trains on.
 """
 from __future__ import annotations
 
-import collections
 import hashlib
 import io
 import os
 import time
 
 import numpy as np
-from absl import logging
 
 from dibigan_tf.data.base import DataError
-from dibigan_tf.data.faces import AlignedCache, FaceSet, open_image, to_rgb
+from dibigan_tf.data.faces import (AlignedCache, align_one, faces_from_cache, open_image,
+                                  to_rgb)
 
 
 def _prepared_version(name: str, data_dir: str, code_version: str | None = None) -> str:
@@ -214,14 +213,10 @@ def load_tfds_faces(name: str, data_dir: str, aligner, cache_dir: str, split: st
             if _content_key(encoded) != keys[index]:
                 raise DataError(f"{source}: example {index} changed while it was read; read it "
                                 f"again once the dataset is no longer being prepared")
-            try:
-                result = aligner.align(to_rgb(open_image(io.BytesIO(encoded), ids[index])))
-                status.append(result.status)
-                images.append(result.image)
-            except DataError as error:
-                logging.warning("%s", error)
-                status.append("unreadable")
-                images.append(None)
+            state, crop = align_one(aligner, lambda: to_rgb(open_image(io.BytesIO(encoded),
+                                                                       ids[index])))
+            status.append(state)
+            images.append(crop)
             chunk_keys.append(keys[index])
             if len(chunk_keys) == chunk_size or done + len(chunk_keys) == len(todo):
                 cache.add(chunk_keys, status, images, aligner.size)
@@ -232,31 +227,6 @@ def load_tfds_faces(name: str, data_dir: str, aligner, cache_dir: str, split: st
         if done != len(todo):
             raise DataError(f"{source}: gave {done} of the {len(todo)} images to align on a "
                             f"second read")
-    counts, examples = collections.Counter(), {}
-    kept, crops = [], []
-    for record, identity, key in zip(ids, names, keys):
-        status, image = cache.entries[key]
-        counts[status] += 1
-        examples.setdefault(status, record)
-        if status in ("none", "unreadable"):
-            continue
-        kept.append((record, identity))
-        crops.append(image)
-    if not kept:
-        raise DataError(f"{source}: none of {len(ids)} images gave an aligned face "
-                        f"({dict(counts)})")
-    class_names = sorted({identity for _, identity in kept})
-    label = {identity: i for i, identity in enumerate(class_names)}
-    faces = FaceSet(np.stack(crops).astype(np.uint8),
-                    np.array([label[identity] for _, identity in kept], dtype=np.int64),
-                    class_names, [record for record, _ in kept])
-    stats = {"images": len(ids), "aligned": len(kept), "aligned_this_pass": len(todo),
-             "aligned_share": len(kept) / len(ids), "empty_identity_folders": 0,
-             "listed_missing": 0, "tfds": f"{name} {version} {split}",
-             **{f"status_{k}": int(v) for k, v in sorted(counts.items())},
-             "examples": {k: v for k, v in examples.items() if k != "ok"}}
-    for kind in ("none", "unreadable"):
-        if counts[kind]:
-            logging.warning("%d images skipped as %s (e.g. %s)", counts[kind],
-                            "having no face" if kind == "none" else kind, examples[kind])
-    return faces, stats
+    return faces_from_cache(ids, names, keys, cache, source, aligned_this_pass=len(todo),
+                            empty_identity_folders=0, listed_missing=0,
+                            tfds=f"{name} {version} {split}")
