@@ -38,7 +38,9 @@ flags.DEFINE_enum("mixed_precision", "float32", list(POLICIES),
 flags.DEFINE_list("gan_rows", ["digits", "faces", "pggan512"], "GAN rows: digits (32x32, the "
                   "default run's G/D), faces (64x64), pggan512 (512 maps at every scale up to "
                   "32x32, 8x512 mapping, batch 16, stable, G+D losses only: the width of "
-                  "published StyleGAN/PGGAN code).")
+                  "published StyleGAN/PGGAN code); faces-whitebox (the faces G/D in whitebox "
+                  "mode with dlib's network in Keras as F; not by default: it needs the faces "
+                  "extra).")
 flags.DEFINE_bool("flops", True, "Count each step's FLOPs (TensorFlow's profiler) and give the "
                   "utilisation of the machine's measured matmul FLOP/s.")
 
@@ -77,7 +79,10 @@ def _time(fn, steps):
     import tensorflow as tf
     fn()  # trace + warm-up
     fn()
-    tf.config.experimental.reset_memory_stats("CPU:0")
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+    except ValueError:   # a CPU allocator without statistics (TensorFlow's build, this CPU)
+        pass
     start = time.perf_counter()
     for _ in range(steps):
         fn()
@@ -85,8 +90,13 @@ def _time(fn, steps):
 
 
 def _peak_mb():
+    """Peak allocator memory of the timed calls in MB, or None where TensorFlow keeps no
+    statistics for the CPU allocator (then the row says so rather than the bench failing)."""
     import tensorflow as tf
-    return tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2 ** 20
+    try:
+        return tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2 ** 20
+    except ValueError:
+        return None
 
 
 def _speed(row, jit_compile, precision="float32"):
@@ -131,7 +141,6 @@ def bench_flow(steps, jit_compile=False):
 
 
 def bench_student(steps, jit_compile=False, precision="float32"):
-    import numpy as np
     import tensorflow as tf
     from dibigan_tf import losses
     from dibigan_tf.training.common import build_optimizer, make_strategy
@@ -187,6 +196,10 @@ def bench_gan(steps, jit_compile, precision="float32"):
             batch_sizes=(64, 32, 32, 16), biject_margin=1.0, jit_compile=jit_compile,
             mixed_precision=precision), ("18", 32)),
     ]
+    # the same G/D in whitebox mode: F itself (dlib's network in Keras, lfw_whitebox_dlib.flags)
+    # gives Eq. 7's taps and embedding, through 150x150 chips resized inside the step
+    configs.append(("faces-whitebox 64x64 (F = dlib_keras)", (64, 64, 3), 128,
+                    dataclasses.replace(configs[1][3]), ("dlib_keras", 0)))
     configs.append(("pggan512 32x32 (G+D only)", (32, 32, 3), 512, GanConfig(
         start_resolution=4, num_blocks=4, g_channels=(512,) * 4, d_channels=(512,) * 4,
         mapping_layers=8, mapping_dim=512, latent_dim=512, stable_images=(1,) * 4,
@@ -199,7 +212,12 @@ def bench_gan(steps, jit_compile, precision="float32"):
         images = rng.integers(0, 256, (n,) + shape).astype(np.uint8)
         feats = rng.standard_normal((n, fdim)).astype(np.float32)
         labels = rng.integers(0, 10, n)
-        student = make_student(strategy, shape, fdim, depth, width)
+        if depth == "dlib_keras":
+            from dibigan_tf.matchers.base import WhiteboxNetwork
+            from dibigan_tf.matchers.dlib_keras import DlibKerasMatcher
+            student = WhiteboxNetwork(DlibKerasMatcher(), shape)
+        else:
+            student = make_student(strategy, shape, fdim, depth, width)
         flow, _ = make_flow(strategy, shape, 10)
         trainer = GanTrainer("/tmp/dibigan-bench", strategy, cfg, images, feats, labels,
                              student=student, flow=flow)
@@ -384,7 +402,8 @@ def main(argv):
             r["gflops_per_second"] = r["flops_per_step"] / r["seconds_per_step"] / 1e9
             r["utilisation"] = r["flops_per_step"] / r["seconds_per_step"] / peak
             extra = f" {r['flops_per_step'] / 1e9:>11.2f} {100 * r['utilisation']:>5.0f}%"
-        mem = f"{r['peak_memory_mb']:>8.0f}" if "peak_memory_mb" in r else f"{'':>8}"
+        mem = (f"{r['peak_memory_mb']:>8.0f}" if r.get("peak_memory_mb") is not None
+               else f"{'':>8}")
         mode = ""
         if "precision" in r:
             mode = {"float32": "f32", "mixed_float16": "f16", "mixed_bfloat16": "bf16"}[
