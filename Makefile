@@ -11,13 +11,14 @@ PYTEST_ARGS ?=
 # Test processes (pytest-xdist): most tests leave a core idle (subprocess start-up, imports).
 TEST_WORKERS ?= 2
 
-.PHONY: help venv evaluate train-blackbox train-student train-flow figure3 ablation-digits test test-all bench tensorboard clean-venv
+.PHONY: help venv evaluate train-blackbox train-student train-flow figure3 figure3-sweep ablation-digits test test-all bench tensorboard clean-venv
 
 help:
 	@echo "make train-blackbox   train DiBiGAN in blackbox mode (default: embedded MNIST digits)"
 	@echo "make train-student    distil F^S from dlib on faces (DATA_DIR=<LFW-format root> needed)"
 	@echo "make train-flow       train the bijection H alone (held-out bits/dim in <run>/flow/)"
 	@echo "make figure3          the paper's Figure 3 for a finished run (second G without L_biject)"
+	@echo "make figure3-sweep    Figure 3 per Eq. 4 reading and L_biject weight (ARGS=--readings=... --alphas=...) -> checkpoints/figure3-sweep.md"
 	@echo "make ablation-digits  Table 2 (A)-(F) on digits, blackbox -> checkpoints/ablation-digits.md"
 	@echo "make evaluate         verification (+ reconstruction attack with GENERATOR=<run>) on any pairs"
 	@echo "                      MATCHER=dlib DATA_DIR=<root> PAIRS=<pairs.txt|.bin> OUT=<dir>"
@@ -47,6 +48,9 @@ train-flow: venv
 
 figure3: venv
 	$(PY) experiments/train.py --flagfile=$(FLAGFILE) --stage=figure3 $(TRAIN_ARGS)
+
+figure3-sweep: venv
+	$(PY) experiments/figure3_sweep.py $(ARGS)
 
 ablation-digits: venv
 	$(PY) experiments/ablation.py $(if $(ARGS),--extra="$(ARGS)")

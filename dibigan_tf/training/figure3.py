@@ -15,8 +15,10 @@ from absl import logging
 from dibigan_tf.config import RunConfig
 from dibigan_tf.evaluation.verification import nearest_centroid_agreement
 from dibigan_tf.training.common import TrainingError, save_json
+from dibigan_tf.training.datasets import dataset_of
 from dibigan_tf.training.gan import GanTrainer
 from dibigan_tf.training.image_formats import matcher_images
+from dibigan_tf.training.pairs import pair_counts
 from dibigan_tf.training.run_report import write_run_report
 from dibigan_tf.training.rundir import done_info, seed_stage
 from dibigan_tf.training.stages import train_stages
@@ -103,12 +105,21 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
 def _figure3_measures(cfg: RunConfig, ctx, trainers: dict, latents_of):
     """({metric: value} of one G seed, {"without"|"with": (F features, H latents)}) of the
     held-out reconstructions of each trainer."""
+    from dibigan_tf.evaluation import verification as ver
     from dibigan_tf.evaluation.figures import intra_inter_ratio
     labels = ctx.heldout.labels
+    # the report's verification pairs (run_report.write_run_report): each G's reconstruction
+    # verification accuracy on them
+    pos, neg = (pair_counts(cfg, labels) if dataset_of(cfg).people
+                else (cfg.eval_positive_pairs, cfg.eval_negative_pairs))
+    idx_a, idx_b, same = ver.make_pairs(labels, pos, neg, seed=cfg.seed)
     metrics, points = {}, {}
     for name in ("without", "with"):
         recons = trainers[name].reconstruct(ctx.held_features, seed=cfg.seed)
-        feats = _unit_rows(ctx.store.features(matcher_images(ctx.matcher, recons)))
+        raw = ctx.store.features(matcher_images(ctx.matcher, recons))
+        feats = _unit_rows(raw)
+        metrics[f"biject_recon_verification_accuracy_{name}"] = float(
+            ver.reconstruction_protocol(ctx.held_features, raw, idx_a, idx_b, same)["accuracy"])
         latents = latents_of(recons)
         points[name] = (feats, latents)
         metrics[f"biject_intra_inter_ratio_{name}"] = intra_inter_ratio(feats, labels)

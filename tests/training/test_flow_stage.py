@@ -63,6 +63,12 @@ def test_flow_stage_alone_then_loaded_by_a_run(tmp_path):
         assert seeds[0] != seeds[1], (key, seeds)          # another G seed, another G
         assert abs(report[key] - sum(seeds) / 2) < 1e-9
     assert 0 <= report["biject_intra_inter_ratio_seeds_tighter"] <= 2
+    # each G's reconstruction verification on the report's pairs: the run's own G (seed 0, with
+    # L_biject) scores exactly the report's figure
+    accuracies = report["biject_recon_verification_accuracy_with_per_seed"]
+    assert len(accuracies) == 2 and all(0.0 <= a <= 1.0 for a in accuracies)
+    assert abs(accuracies[0] - report["recon_verification_accuracy"]) < 1e-9
+    assert len(report["biject_recon_verification_accuracy_without_per_seed"]) == 2
     assert 0.0 < report["biject_intra_inter_ratio_real"] < 2.0
     assert 0.0 < report["biject_intra_inter_ratio_real_h"] < 2.0
     # a report written again for the same G keeps the Figure 3 keys; for a retrained G it drops them
