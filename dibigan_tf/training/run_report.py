@@ -65,6 +65,7 @@ def write_run_report(cfg: RunConfig, ctx) -> dict:
     report_dir = os.path.join(ctx.run_dir, "report")
     metrics.update(extra_report_keys(report_dir, ctx.run_dir))
     _paper_figures(report_dir, trainer, heldout, recons, held_features, cfg.seed)
+    save_reconstructions(report_dir, heldout, recons)
     shown = np.isin(heldout.labels, np.unique(heldout.labels)[:16])   # faces: 16 people
     figure = reconstruction_figure(heldout.images[shown], recons[shown], heldout.labels[shown],
                                    per_class=8 if len(np.unique(heldout.labels)) <= 20 else 4)
@@ -106,3 +107,21 @@ def extra_report_keys(report_dir, run_dir):
     if saved.get("gan_done") != done_info(run_dir, "gan"):
         return {}
     return saved["metrics"]
+
+
+RECONSTRUCTIONS = "heldout_reconstructions.npz"
+
+
+def save_reconstructions(report_dir, heldout, recons):
+    """The held-out images and their reconstructions, in `report/heldout_reconstructions.npz`
+    (ids: each image's path for faces, its index for digits; labels; real; recon; all uint8 at
+    the training size), so runs can be set side by side later (experiments/figure4.py: Figure 4
+    with whitebox and blackbox columns) without G, F or the data."""
+    paths = getattr(heldout, "paths", None)
+    ids = np.array(list(paths) if paths is not None else np.arange(len(heldout)).astype(str))
+    os.makedirs(report_dir, exist_ok=True)
+    path = os.path.join(report_dir, RECONSTRUCTIONS)
+    np.savez_compressed(path + ".tmp.npz", ids=ids, labels=np.asarray(heldout.labels),
+                        real=np.asarray(heldout.images, np.uint8),
+                        recon=np.asarray(recons, np.uint8))
+    os.replace(path + ".tmp.npz", path)
