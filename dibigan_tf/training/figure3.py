@@ -52,7 +52,7 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     per_seed, points = [], {}
     latents_of = _flow_latents(ctx.flow)      # one traced H for every G and the real images
     for index in range(cfg.figure3_seeds):
-        suffix = f"seed_stage{index}" if index else ""
+        suffix = f"_seed{index}" if index else ""
         gan_cfg = dataclasses.replace(cfg.gan, seed=cfg.gan.seed + 100 * index)
         trainers = {}
         for name, biject in (("without", False), ("with", True)):
