@@ -184,22 +184,24 @@ def bench_gan(steps, jit_compile, precision="float32"):
     from dibigan_tf.training.student import make_student
     rows = []
     strategy = make_strategy("default")
+    # the G/D of faces_blackbox.flags and lfw_blackbox_dlib.flags
+    faces_gan = GanConfig(
+        start_resolution=8, num_blocks=4, g_channels=(256, 128, 64, 32),
+        d_channels=(64, 64, 32, 32), stable_images=(1,) * 4, fade_images=(0,) + (1,) * 3,
+        batch_sizes=(64, 32, 32, 16), biject_margin=1.0, jit_compile=jit_compile,
+        mixed_precision=precision)
     configs = [
         ("digits (F)", (32, 32, 1), 1024, GanConfig(
             g_channels=(128, 64, 16), d_channels=(64, 32, 16), batch_sizes=(64, 64, 64),
             biject_margin=1.0, jit_compile=jit_compile, mixed_precision=precision),
          ("small", 16)),
-        # the G/D of faces_blackbox.flags and lfw_blackbox_dlib.flags, with their F^S
-        ("faces 64x64 (F)", (64, 64, 3), 128, GanConfig(
-            start_resolution=8, num_blocks=4, g_channels=(256, 128, 64, 32),
-            d_channels=(64, 64, 32, 32), stable_images=(1,) * 4, fade_images=(0,) + (1,) * 3,
-            batch_sizes=(64, 32, 32, 16), biject_margin=1.0, jit_compile=jit_compile,
-            mixed_precision=precision), ("18", 32)),
+        # with their F^S
+        ("faces 64x64 (F)", (64, 64, 3), 128, faces_gan, ("18", 32)),
     ]
     # the same G/D in whitebox mode: F itself (dlib's network in Keras, lfw_whitebox_dlib.flags)
     # gives Eq. 7's taps and embedding, through 150x150 chips resized inside the step
-    configs.append(("faces-whitebox 64x64 (F = dlib_keras)", (64, 64, 3), 128,
-                    dataclasses.replace(configs[1][3]), ("dlib_keras", 0)))
+    configs.append(("faces-whitebox 64x64 (F = dlib_keras)", (64, 64, 3), 128, faces_gan,
+                    ("dlib_keras", 0)))
     configs.append(("pggan512 32x32 (G+D only)", (32, 32, 3), 512, GanConfig(
         start_resolution=4, num_blocks=4, g_channels=(512,) * 4, d_channels=(512,) * 4,
         mapping_layers=8, mapping_dim=512, latent_dim=512, stable_images=(1,) * 4,

@@ -45,8 +45,7 @@ class FlagSpec:
 
 def flag_specs() -> Iterator[FlagSpec]:
     """One spec per flagged field, in declaration order (RunConfig, then each section)."""
-    sections = {None: ("", RunConfig)}
-    sections.update({name: spec for name, spec in SECTIONS.items()})
+    sections = {None: ("", RunConfig), **SECTIONS}
     for section, (prefix, cls) in sections.items():
         for field in dataclasses.fields(cls):
             if section is None and field.name in SECTIONS:
@@ -73,9 +72,10 @@ def _kind(spec: FlagSpec) -> str:
 
 
 def define_flags(groups=("run", "matcher", "faces"), flag_values=FLAGS):
-    """Defines the flags of the fields in `groups` (a flag already defined is left alone)."""
+    """Defines the flags of the fields in `groups` (a name another module defined already is an
+    absl DuplicateFlagError, never a silent reuse of that flag)."""
     for spec in flag_specs():
-        if spec.group not in groups or spec.name in flag_values:
+        if spec.group not in groups:
             continue
         meta, default, kind = spec.meta, spec.default, _kind(spec)
         bounds = {k: meta[k] for k in ("lower_bound", "upper_bound") if meta[k] is not None}
@@ -86,7 +86,7 @@ def define_flags(groups=("run", "matcher", "faces"), flag_values=FLAGS):
             flags.DEFINE_integer(default=default, **args, **bounds)
         elif kind == "float":
             flags.DEFINE_float(default=default, **args, **bounds)
-        elif kind == "enum" or (kind == "str" and meta["choices"]):
+        elif kind == "enum":
             flags.DEFINE_enum(default=default, enum_values=list(meta["choices"]), **args)
         elif kind == "str":
             flags.DEFINE_string(default=default, **args)

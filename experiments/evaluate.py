@@ -65,7 +65,8 @@ def _pair_images(align_key_out):
     """(images uint8 [n,h,w,3], names [n], idx_a, idx_b, is_same) of the pairs."""
     import numpy as np
     from dibigan_tf.data.base import DataError
-    from dibigan_tf.data.faces import PairFiles, load_face_folders, read_lfw_pairs
+    from dibigan_tf.data.faces import (PairFiles, index_pairs, load_face_folders,
+                                      read_lfw_pairs)
     if FLAGS.pairs.endswith(".bin"):
         from dibigan_tf.data.insightface_bin import read_verification_bin
         images, same = read_verification_bin(FLAGS.pairs, max_pairs=FLAGS.max_pairs)
@@ -113,25 +114,16 @@ def _pair_images(align_key_out):
                                      records=([r for r, _ in wanted], [n for _, n in wanted]))
     align_key_out.update(stats)
     align_key_out["pair_images_missing"] = missing
-    where = {p: i for i, p in enumerate(faces.paths)}
-    a, b, same, dropped = [], [], [], 0
-    for n1, i1, n2, i2, is_same in pairs:
-        p1, p2 = find(n1, i1), find(n2, i2)
-        if p1 in where and p2 in where:
-            a.append(where[p1])
-            b.append(where[p2])
-            same.append(is_same)
-        else:
-            dropped += 1
+    a, b, same, dropped = index_pairs(pairs, find, {p: i for i, p in enumerate(faces.paths)})
     if dropped:
         logging.warning("%d of %d pairs dropped: an image is missing, unreadable or has no face",
                         dropped, len(pairs))
     align_key_out["pairs_dropped"] = dropped
-    if not a:
+    if not len(a):
         raise DataError(f"every one of the {len(pairs)} pairs of {FLAGS.pairs} was dropped (an "
                         f"image missing, unreadable or without a face: {stats.get('examples')})")
     names = [faces.class_names[label] for label in faces.labels]
-    return (faces.images, names, np.array(a), np.array(b), np.array(same, bool))
+    return faces.images, names, a, b, same
 
 
 #: fewer pairs than this give an accuracy too coarse to report without a warning
@@ -314,9 +306,9 @@ def main(argv):
         print(f"G's v: image spread across v / across features = {metrics['v_variation']:.4f} "
               f"({metrics['v_variation_features']} features x {metrics['v_variation_draws']} "
               f"draws); type-I TAR at FAR 1e-3 across v: mean "
-              f"{metrics['type1_tar_at_far_1e-3_v_mean']:.4f}, worst "
-              f"{metrics['type1_tar_at_far_1e-3_v_worst']:.4f} "
-              f"({metrics['type1_v_impostor_pairs']} impostor pairs)")
+              f"{metrics['attack_type1_tar_at_far_1e-03_v_mean']:.4f}, worst "
+              f"{metrics['attack_type1_tar_at_far_1e-03_v_worst']:.4f} "
+              f"({metrics['attack_type1_v_impostor_pairs']} impostor pairs)")
     print(f"metrics: {path}")
     return 0
 

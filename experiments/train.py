@@ -68,10 +68,12 @@ def build_config():
 
 
 def _test_hooks() -> dict:
+    """The test hooks as the training loops' keyword arguments; --stop_after_steps only for the
+    stages that train G/D (stages.train_stages applies it to G/D alone)."""
     hooks = {}
     if FLAGS.inject_nan:
         hooks["inject_nan"] = FLAGS.inject_nan
-    if FLAGS.stop_after_steps:
+    if FLAGS.stop_after_steps and FLAGS.stage in ("all", "figure3"):
         hooks["stop_after_steps"] = FLAGS.stop_after_steps
     return hooks
 

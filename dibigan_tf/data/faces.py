@@ -384,6 +384,22 @@ def read_lfw_people(path: str, root: str = ""):
     return paths, names
 
 
+def index_pairs(pairs, key_of, where: dict):
+    """Pairs of an LFW pairs file as indices: (idx_a, idx_b, is_same, dropped) of the pairs
+    (`read_lfw_pairs`) whose two images are both found, `key_of(name, number)` giving an image's
+    key (None: not there) and `where` the index of each key; `dropped` counts the others."""
+    a, b, same, dropped = [], [], [], 0
+    for n1, i1, n2, i2, is_same in pairs:
+        k1, k2 = key_of(n1, i1), key_of(n2, i2)
+        if k1 in where and k2 in where:
+            a.append(where[k1])
+            b.append(where[k2])
+            same.append(is_same)
+        else:
+            dropped += 1
+    return np.array(a, np.int64), np.array(b, np.int64), np.array(same, bool), dropped
+
+
 def heldout_image_paths(run_dir: str) -> list:
     """The held-out image paths a face run recorded (`<run>/split.json`, `<identity>/<image>`
     relative to its data root); a DataError when there is none or it names no paths (digits)."""

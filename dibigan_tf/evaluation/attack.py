@@ -274,12 +274,6 @@ def inception_score(images, classifier, splits: int = 10, input_size: int = 299,
 V_VARIATION_CAP = 1e6
 
 
-def _far_label(far: float) -> str:
-    """1e-3 -> "1e-3" (the exponent without zero padding, as in the v_variation keys)."""
-    mantissa, exponent = f"{far:.0e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
-
-
 def _v_variation_rows(n: int, num_features: int, labels, seed: int) -> np.ndarray:
     """Indices of the features v_variation uses: all of them when there are at most
     `num_features`, else a seeded sample that takes one image of as many different identities
@@ -319,8 +313,8 @@ def v_variation(generate, features, real_features, embed, num_features: int = 64
       embeddings; the threshold accepts at most a share `far` of that draw's impostors
       (`threshold_at_far`, accept d <= t) and TAR is the share of genuine pairs accepted. With
       N = 64 there are 64 x 63 = 4032 impostor pairs, so FAR 1e-3 rests on the 4 closest ones: a
-      coarse operating point (`type1_v_impostor_pairs` says how many). Unlike `attack_success`,
-      whose threshold comes from impostor pairs of *real* images, these impostors are
+      coarse operating point (`attack_type1_v_impostor_pairs` says how many). Unlike
+      `attack_success`, whose threshold comes from impostor pairs of *real* images, these are
       reconstructions against other people's real images: the question is whether the
       reconstruction from draw k is still closer to its own person than to the others.
       Reported: the mean over the draws, the worst draw, and every draw in order.
@@ -385,9 +379,9 @@ def v_variation(generate, features, real_features, embed, num_features: int = 64
         ratio = V_VARIATION_CAP
     else:
         ratio = min(across_v / across_f, V_VARIATION_CAP)
-    key = f"type1_tar_at_far_{_far_label(far)}_v"
+    key = f"attack_type1_{ver.far_key(far)}_v"
     return {"v_variation": float(ratio), "v_variation_std_across_v": across_v,
             "v_variation_std_across_features": across_f, "v_variation_features": int(n),
             "v_variation_draws": int(num_draws), f"{key}_mean": float(np.mean(tars)),
             f"{key}_worst": float(np.min(tars)), f"{key}_draws": tars,
-            "type1_v_impostor_pairs": int(impostor.sum())}
+            "attack_type1_v_impostor_pairs": int(impostor.sum())}

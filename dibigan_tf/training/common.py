@@ -23,6 +23,17 @@ def save_json(path, data):
     write_json_atomic(path, data, indent=2, sort_keys=True, default=str)
 
 
+def read_done(stage_dir: str) -> dict:
+    """A finished stage's done.json (`Stage.mark_done`): its step, images seen and seconds."""
+    with open(os.path.join(stage_dir, "done.json")) as handle:
+        return json.load(handle)
+
+
+def stage_seconds(run_dir: str, name: str) -> float:
+    """Seconds the stage `name` of a run trained, from its done.json."""
+    return float(read_done(os.path.join(run_dir, name))["seconds"])
+
+
 class TrainingError(RuntimeError):
     """A training cannot go on (non-finite loss, bad configuration...)."""
 
@@ -230,8 +241,7 @@ class Stage:
         return os.path.exists(self.done_path)
 
     def done_info(self) -> dict:
-        with open(self.done_path) as handle:
-            return json.load(handle)
+        return read_done(self.dir)
 
     def restore(self) -> bool:
         """Restores the latest checkpoint if there is one; returns whether it did.

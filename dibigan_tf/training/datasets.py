@@ -4,11 +4,10 @@
 whole, its images' own size), so the stages ask the description rather than test its name."""
 from __future__ import annotations
 
-from typing import Callable
-
 import dataclasses
 import json
 import os
+from typing import Callable
 
 import numpy as np
 
@@ -114,6 +113,10 @@ def load_faces(cfg: RunConfig):
     people then come from those too). All three are aligned by the same aligner into the same
     cache (`load_tfds_faces` explains the key of an image that has no file)."""
     from dibigan_tf.data.align import make_aligner
+    dataset = dataset_of(cfg)
+    if not dataset.people:
+        raise TrainingError(f"--dataset={cfg.dataset} has no photos to align: alignment is for "
+                            f"face datasets (--data_dir=...)")
     if not cfg.data_dir:
         raise TrainingError(f"--dataset={cfg.dataset} needs --data_dir (faces: "
                             f"<root>/<identity>/<image>; celeba: the folder with the identity "
@@ -122,10 +125,7 @@ def load_faces(cfg: RunConfig):
     aligner = make_aligner(cfg.align_template, cfg.align_size, cfg.align_multiple, cfg.align_none,
                            cfg.align_upsample)
     cache = cfg.align_cache_dir or os.path.join(cfg.checkpoint_dir, "aligned")
-    read = dataset_of(cfg).read_faces
-    if read is None:
-        raise TrainingError(f"--dataset={cfg.dataset} has no face photos to align")
-    faces, stats = read(cfg, aligner, cache, progress_callback("align", "image"))
+    faces, stats = dataset.read_faces(cfg, aligner, cache, progress_callback("align", "image"))
     logging.info("faces: %d of %d images aligned (%.1f%%), %d identities; %s",
                  stats["aligned"], stats["images"], 100 * stats["aligned_share"],
                  faces.num_classes, {k: v for k, v in stats.items() if k.startswith("status_")})
@@ -189,22 +189,26 @@ def _read_tfds(cfg: RunConfig, aligner, cache, progress):
 class Dataset:
     """What the stages need to know of a dataset (they ask this, never the dataset's name)."""
     name: str
-    #: True: identities are held out whole (faces: a seeded share of the people; each split is
-    #: relabelled 0..K-1, H has no class prior for a held-out person, the report's gallery is the
-    #: held-out people's own photos and its pairs are drawn among them). False: every class is in
-    #: both splits (digits: `holdout_per_class` images of each class held out).
-    people: bool
-    #: the images' size when --image_size is 0 (None: the aligned crops', --align_size)
-    native_size: int | None
     #: (cfg, aligner, cache dir, progress) -> (FaceSet, alignment stats): a face dataset's photos
+    #: (None: the embedded digits)
     read_faces: Callable | None = None
+    #: the images' size when --image_size is 0 (None: the aligned crops', --align_size)
+    native_size: int | None = None
+
+    @property
+    def people(self) -> bool:
+        """True for face datasets: identities are held out whole (a seeded share of the people;
+        each split is relabelled 0..K-1, H has no class prior for a held-out person, the report's
+        gallery is the held-out people's own photos and its pairs are drawn among them). False
+        (digits): every class is in both splits, `holdout_per_class` images of each held out."""
+        return self.read_faces is not None
 
 
 DATASETS = {
-    "digits": Dataset("digits", people=False, native_size=32),
-    "faces": Dataset("faces", people=True, native_size=None, read_faces=_read_folders),
-    "celeba": Dataset("celeba", people=True, native_size=None, read_faces=_read_celeba),
-    "tfds": Dataset("tfds", people=True, native_size=None, read_faces=_read_tfds),
+    "digits": Dataset("digits", native_size=32),
+    "faces": Dataset("faces", read_faces=_read_folders),
+    "celeba": Dataset("celeba", read_faces=_read_celeba),
+    "tfds": Dataset("tfds", read_faces=_read_tfds),
 }
 
 

@@ -14,13 +14,13 @@ from absl import logging
 
 from dibigan_tf.config import RunConfig
 from dibigan_tf.evaluation.verification import nearest_centroid_agreement
-from dibigan_tf.training.common import TrainingError, save_json
+from dibigan_tf.training.common import TrainingError, read_done, save_json
 from dibigan_tf.training.datasets import dataset_of
 from dibigan_tf.training.gan import GanTrainer
 from dibigan_tf.training.image_formats import matcher_images
-from dibigan_tf.training.pairs import pair_counts
+from dibigan_tf.training.pairs import report_pair_counts
 from dibigan_tf.training.run_report import write_run_report
-from dibigan_tf.training.rundir import done_info, seed_stage
+from dibigan_tf.training.rundir import seed_stage
 from dibigan_tf.training.stages import train_stages
 
 
@@ -48,7 +48,7 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     if not 1 <= cfg.figure3_seeds <= 9:
         raise TrainingError(f"--figure3_seeds must be 1-9, not {cfg.figure3_seeds}")
     ctx = train_stages(cfg, loop_kwargs)
-    gan_set, gan_features = ctx.gan_pairs
+    gan_set, gan_features = ctx.pick["gan"]
     per_seed, points = [], {}
     latents_of = _flow_latents(ctx.flow)      # one traced H for every G and the real images
     for index in range(cfg.figure3_seeds):
@@ -87,7 +87,7 @@ def run_figure3(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     os.makedirs(report_dir, exist_ok=True)
     scatter_panels(panels, os.path.join(report_dir, "figure3.png"))
     save_json(os.path.join(report_dir, "figure3.json"),
-               {"gan_done": done_info(ctx.run_dir, "gan"), "metrics": metrics})
+               {"gan_done": read_done(os.path.join(ctx.run_dir, "gan")), "metrics": metrics})
     metrics_path = os.path.join(report_dir, "metrics.json")
     if os.path.exists(metrics_path):
         with open(metrics_path) as handle:
@@ -110,8 +110,7 @@ def _figure3_measures(cfg: RunConfig, ctx, trainers: dict, latents_of):
     labels = ctx.heldout.labels
     # the report's verification pairs (run_report.write_run_report): each G's reconstruction
     # verification accuracy on them
-    pos, neg = (pair_counts(cfg, labels) if dataset_of(cfg).people
-                else (cfg.eval_positive_pairs, cfg.eval_negative_pairs))
+    pos, neg = report_pair_counts(cfg, labels, dataset_of(cfg).people)
     idx_a, idx_b, same = ver.make_pairs(labels, pos, neg, seed=cfg.seed)
     metrics, points = {}, {}
     for name in ("without", "with"):

@@ -26,6 +26,14 @@ def pair_counts(cfg: RunConfig, labels):
     return num, num
 
 
+def report_pair_counts(cfg: RunConfig, labels, people: bool):
+    """(positives, negatives) of the report's verification pairs: with people held out whole,
+    as many as they allow (`pair_counts`); otherwise (digits) the flags' counts."""
+    if people:
+        return pair_counts(cfg, labels)
+    return cfg.eval_positive_pairs, cfg.eval_negative_pairs
+
+
 def sampled_pairs(cfg: RunConfig, labels):
     """Verification pairs among the held-out people: as many positives as they allow, up to
     `eval_positive_pairs`, and as many negatives."""
@@ -40,7 +48,7 @@ def sampled_pairs(cfg: RunConfig, labels):
 def pairs_file_indices(path, held, data_dir=""):
     """Indices into `held` of the LFW pairs file's pairs whose two images are held out (an
     image found as evaluate.py finds it: `PairFiles` of the data root, else LFW's naming)."""
-    from dibigan_tf.data.faces import PairFiles, lfw_file_name, read_lfw_pairs
+    from dibigan_tf.data.faces import PairFiles, index_pairs, lfw_file_name, read_lfw_pairs
     find = PairFiles(data_dir) if data_dir and os.path.isdir(data_dir) else None
 
     def file_of(name, number):   # "<identity>/<file>"
@@ -51,14 +59,8 @@ def pairs_file_indices(path, held, data_dir=""):
     for i, rel in enumerate(held.paths):
         parts = rel.replace(os.sep, "/").split("/")
         where["/".join(parts[-2:])] = i
-    a, b, same = [], [], []
     pairs = read_lfw_pairs(path)
-    for n1, i1, n2, i2, is_same in pairs:
-        k1, k2 = file_of(n1, i1), file_of(n2, i2)
-        if k1 in where and k2 in where:
-            a.append(where[k1])
-            b.append(where[k2])
-            same.append(is_same)
+    a, b, same, _ = index_pairs(pairs, file_of, where)
     logging.info("%s: %d of %d pairs have both images held out and aligned", path, len(a),
                  len(pairs))
-    return np.array(a, np.int64), np.array(b, np.int64), np.array(same, bool)
+    return a, b, same

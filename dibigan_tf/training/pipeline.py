@@ -15,9 +15,8 @@ from PIL import Image
 
 from dibigan_tf.config import RunConfig
 from dibigan_tf.evaluation.verification import cosine_similarity_rows
-from dibigan_tf.training.common import TrainingError, save_json
-from dibigan_tf.training.datasets import (attack_images, augment_stages, dataset_of, load_dataset,
-                                          load_faces)
+from dibigan_tf.training.common import save_json
+from dibigan_tf.training.datasets import attack_images, augment_stages, load_dataset, load_faces
 from dibigan_tf.training.figure3 import run_figure3  # noqa: F401  (an entry point)
 from dibigan_tf.training.flow import class_samples, evaluate_flow
 from dibigan_tf.training.image_formats import grey_or_rgb
@@ -101,8 +100,6 @@ def run_align(cfg: RunConfig, loop_kwargs: dict | None = None) -> dict:
     """Only the face alignment (`train.py --stage=align`): every photo detected, aligned and
     cached; returns the counts, the share aligned and the photos per second of this pass (0
     when everything came from the cache)."""
-    if not dataset_of(cfg).people:
-        raise TrainingError("--stage=align is for face datasets (--data_dir=...)")
     start = time.time()
     faces, stats = load_faces(cfg)
     seconds = time.time() - start

@@ -15,10 +15,10 @@ from dibigan_tf.config import RunConfig
 from dibigan_tf.evaluation.attack import v_variation
 from dibigan_tf.evaluation.report import (evaluate_reconstructions, reconstruction_figure,
                                           write_report)
+from dibigan_tf.training.common import read_done
 from dibigan_tf.training.datasets import dataset_of
 from dibigan_tf.training.image_formats import grey_or_rgb, matcher_images
-from dibigan_tf.training.pairs import pair_counts
-from dibigan_tf.training.rundir import done_info
+from dibigan_tf.training.pairs import report_pair_counts
 
 
 def write_run_report(cfg: RunConfig, ctx) -> dict:
@@ -37,9 +37,7 @@ def write_run_report(cfg: RunConfig, ctx) -> dict:
     # (rank-1 identification of each reconstruction among the held-out people).
     people = dataset_of(cfg).people
     gallery = ((held_features, heldout.labels) if people else (train_features, train.labels))
-    pos, neg = cfg.eval_positive_pairs, cfg.eval_negative_pairs
-    if people:
-        pos, neg = pair_counts(cfg, heldout.labels)
+    pos, neg = report_pair_counts(cfg, heldout.labels, people)
     metrics = evaluate_reconstructions(held_features, recon_features, heldout.labels,
                                        gallery[0], gallery[1], num_positive=pos,
                                        num_negative=neg, seed=cfg.seed)
@@ -104,7 +102,7 @@ def extra_report_keys(report_dir, run_dir):
         return {}
     with open(path) as handle:
         saved = json.load(handle)
-    if saved.get("gan_done") != done_info(run_dir, "gan"):
+    if saved.get("gan_done") != read_done(os.path.join(run_dir, "gan")):
         return {}
     return saved["metrics"]
 

@@ -63,7 +63,6 @@ def open_run(cfg: RunConfig, loop_kwargs: dict | None):
     save_json(config_path, cfg.to_dict())
     strategy = make_strategy(cfg.strategy, cfg.num_gpus or None)
     loop_kwargs = dict(loop_kwargs or {})
-    loop_kwargs.pop("stop_after_steps", None)   # the G/D stage's own (stages.train_stages)
     loop_kwargs.setdefault("checkpoint_every_seconds", cfg.checkpoint_every_seconds)
     loop_kwargs.setdefault("checkpoint_every_steps", cfg.checkpoint_every_steps)
     return run_dir, strategy, loop_kwargs
@@ -97,16 +96,6 @@ def config_changes(old: dict, new: dict, prefix="") -> list:
         elif a != b:
             out.append(f"{prefix}{key}: {a} -> {b}")
     return out
-
-
-def done_info(run_dir, name):
-    with open(os.path.join(run_dir, name, "done.json")) as handle:
-        return json.load(handle)
-
-
-def stage_seconds(run_dir, name):
-    with open(os.path.join(run_dir, name, "done.json")) as handle:
-        return float(json.load(handle)["seconds"])
 
 
 def feature_store_root(cfg: RunConfig, run_dir: str) -> str:

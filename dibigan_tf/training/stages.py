@@ -25,14 +25,13 @@ from dibigan_tf.matchers.base import Matcher, WhiteboxNetwork
 from dibigan_tf.matchers.registry import open_matcher
 from dibigan_tf.matchers.store import FeatureStore
 from dibigan_tf.training.classifier import train_lenet
-from dibigan_tf.training.common import TrainingError, progress_callback
+from dibigan_tf.training.common import TrainingError, progress_callback, stage_seconds
 from dibigan_tf.training.datasets import (attack_images, augment_stages, check_data, dataset_of,
                                           load_dataset)
 from dibigan_tf.training.flow import evaluate_flow, train_flow
 from dibigan_tf.training.gan import GanTrainer
 from dibigan_tf.training.image_formats import matcher_images, resized
-from dibigan_tf.training.rundir import (check_config, feature_store_root, open_run, seed_stage,
-                                        stage_seconds)
+from dibigan_tf.training.rundir import check_config, feature_store_root, open_run, seed_stage
 from dibigan_tf.training.student import student_embed, train_student
 
 
@@ -55,7 +54,6 @@ class RunContext:
     pick: dict                    # stage name -> (ImageSet, features) it trains on
     seconds: dict                 # stage name -> seconds
     # set by train_stages
-    gan_pairs: tuple | None = None
     student: object = None        # F^S (blackbox) or F itself as a WhiteboxNetwork (whitebox)
     student_cosine: float | None = None
     flow: object = None           # H (models/flow.py)
@@ -100,7 +98,7 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
     trainer.train(stop_after_steps=stop_gan_after, **loop_kwargs)
     seconds["gan"] = stage_seconds(run_dir, "gan")
 
-    return dataclasses.replace(ctx, gan_pairs=pick["gan"], student=student,
+    return dataclasses.replace(ctx, student=student,
                                student_cosine=student_cos, flow=flow, prior=prior,
                                flow_metrics=flow_metrics, trainer=trainer)
 

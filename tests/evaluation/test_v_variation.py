@@ -73,7 +73,8 @@ def test_a_generator_that_ignores_v_gives_exactly_zero():
     f = features(64, dim=16, seed=2)
     out = v_variation(Identity(noise=0.0), f, f, flatten)
     assert out["v_variation"] == 0.0
-    assert out["type1_tar_at_far_1e-3_v_mean"] == out["type1_tar_at_far_1e-3_v_worst"] == 1.0
+    key = "attack_type1_tar_at_far_1e-03_v"
+    assert out[key + "_mean"] == out[key + "_worst"] == 1.0
 
 
 def test_a_generator_that_ignores_f_gives_the_cap_without_dividing_by_zero():
@@ -86,7 +87,8 @@ def test_a_generator_that_ignores_f_gives_the_cap_without_dividing_by_zero():
     assert out["v_variation_std_across_features"] == 0.0
     assert out["v_variation_std_across_v"] > 0
     assert out["v_variation"] == V_VARIATION_CAP
-    assert out["type1_tar_at_far_1e-3_v_worst"] == 0.0     # one image for everyone: no identity
+    # one image for everyone: no identity
+    assert out["attack_type1_tar_at_far_1e-03_v_worst"] == 0.0
 
 
 @pytest.mark.parametrize("a, b", [(1.0, 1.0), (2.0, 0.3), (0.5, 4.0)])
@@ -111,13 +113,13 @@ def test_features_are_capped_at_n_and_the_impostor_pairs_counted():
     real = flatten(gen(f, np.zeros((100, LATENT))))
     out = v_variation(gen, f, real, flatten, num_features=64, num_draws=3)
     assert out["v_variation_features"] == 64 and out["v_variation_draws"] == 3
-    assert out["type1_v_impostor_pairs"] == 64 * 63
-    assert len(out["type1_tar_at_far_1e-3_v_draws"]) == 3
+    assert out["attack_type1_v_impostor_pairs"] == 64 * 63
+    assert len(out["attack_type1_tar_at_far_1e-03_v_draws"]) == 3
     # fewer than N: all of them; with labels, same-identity pairs are no impostors
     labels = np.repeat(np.arange(5), 4)
     out = v_variation(gen, f[:20], real[:20], flatten, labels=labels)
     assert out["v_variation_features"] == 20
-    assert out["type1_v_impostor_pairs"] == 20 * 20 - 5 * 4 * 4
+    assert out["attack_type1_v_impostor_pairs"] == 20 * 20 - 5 * 4 * 4
     # more images than N: one image of each identity first
     gen.s = []
     labels = np.repeat(np.arange(50), 2)
@@ -129,18 +131,19 @@ def test_features_are_capped_at_n_and_the_impostor_pairs_counted():
 def test_worst_draw_is_at_most_the_mean_and_drops_when_a_draw_destroys_identity():
     f = features(64, dim=16, seed=2)
     noisy = v_variation(Identity(noise=0.9), f, f, flatten, seed=0)
-    tars = noisy["type1_tar_at_far_1e-3_v_draws"]
-    assert 0.0 < noisy["type1_tar_at_far_1e-3_v_worst"] < 1.0     # a graded case
-    assert noisy["type1_tar_at_far_1e-3_v_worst"] == min(tars)
-    assert noisy["type1_tar_at_far_1e-3_v_worst"] <= noisy["type1_tar_at_far_1e-3_v_mean"]
-    assert noisy["type1_tar_at_far_1e-3_v_mean"] == pytest.approx(np.mean(tars))
+    tars = noisy["attack_type1_tar_at_far_1e-03_v_draws"]
+    assert 0.0 < noisy["attack_type1_tar_at_far_1e-03_v_worst"] < 1.0     # a graded case
+    assert noisy["attack_type1_tar_at_far_1e-03_v_worst"] == min(tars)
+    assert (noisy["attack_type1_tar_at_far_1e-03_v_worst"]
+            <= noisy["attack_type1_tar_at_far_1e-03_v_mean"])
+    assert noisy["attack_type1_tar_at_far_1e-03_v_mean"] == pytest.approx(np.mean(tars))
 
     clean = v_variation(Identity(noise=0.05), f, f, flatten, seed=0)
-    assert clean["type1_tar_at_far_1e-3_v_worst"] == 1.0
+    assert clean["attack_type1_tar_at_far_1e-03_v_worst"] == 1.0
     broken = v_variation(Identity(noise=0.05, destroy=4), f, f, flatten, seed=0)
-    assert broken["type1_tar_at_far_1e-3_v_draws"][3] == 0.0
-    assert broken["type1_tar_at_far_1e-3_v_worst"] == 0.0
-    assert broken["type1_tar_at_far_1e-3_v_mean"] == pytest.approx(7 / 8)
+    assert broken["attack_type1_tar_at_far_1e-03_v_draws"][3] == 0.0
+    assert broken["attack_type1_tar_at_far_1e-03_v_worst"] == 0.0
+    assert broken["attack_type1_tar_at_far_1e-03_v_mean"] == pytest.approx(7 / 8)
 
 
 def test_refuses_what_it_cannot_measure():
