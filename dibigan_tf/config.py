@@ -264,7 +264,12 @@ class RunConfig:
     strategy: str = setting("default", "tf.distribute strategy (multi_worker: the cluster in "
                             "TF_CONFIG).", choices=("default", "mirrored", "multi_worker"))
     num_gpus: int = setting(0, "Replicas for --strategy=mirrored (0: all devices).")
-    seed: int = setting(0, "Seed of the split, pairs and every stage.")
+    seed: int = setting(0, "Seed of every stage (and of the split and pairs unless "
+                        "--split_seed is set).")
+    split_seed: int = setting(-1, "Seed of the split into training and held-out images (people, "
+                              "for faces) and of the report's verification pairs; -1: --seed. "
+                              "Fix it to compare training seeds on the same held-out people.",
+                              lower_bound=-1)
     holdout_per_class: int = setting(100, "Held-out digits per class (never trained on).")
     max_train_images: int = setting(0, "Use only this many training images (0: all); for quick "
                                     "runs and tests.")
@@ -308,6 +313,12 @@ class RunConfig:
     def __post_init__(self):
         self.gan = dataclasses.replace(self.gan, jit_compile=self.jit_compile,
                                        mixed_precision=self.mixed_precision)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the split and of the report's pairs: --split_seed, or --seed when unset
+        (so two training seeds can be measured on the same held-out people)."""
+        return self.seed if self.split_seed < 0 else self.split_seed
 
     def to_dict(self):
         return dataclasses.asdict(self)

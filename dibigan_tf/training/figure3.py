@@ -111,7 +111,7 @@ def _figure3_measures(cfg: RunConfig, ctx, trainers: dict, latents_of):
     # the report's verification pairs (run_report.write_run_report): each G's reconstruction
     # verification accuracy on them
     pos, neg = report_pair_counts(cfg, labels, dataset_of(cfg).people)
-    idx_a, idx_b, same = ver.make_pairs(labels, pos, neg, seed=cfg.seed)
+    idx_a, idx_b, same = ver.make_pairs(labels, pos, neg, seed=cfg.data_seed)
     metrics, points = {}, {}
     for name in ("without", "with"):
         recons = trainers[name].reconstruct(ctx.held_features, seed=cfg.seed)

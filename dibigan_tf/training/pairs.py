@@ -42,7 +42,7 @@ def sampled_pairs(cfg: RunConfig, labels):
         num, _ = pair_counts(cfg, labels)
     except TrainingError:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
-    return ver.make_pairs(labels, num, num, seed=cfg.seed)
+    return ver.make_pairs(labels, num, num, seed=cfg.data_seed)
 
 
 def pairs_file_indices(path, held, data_dir=""):

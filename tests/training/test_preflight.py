@@ -134,3 +134,19 @@ def test_a_header_secret_reaches_the_service_and_nothing_else(tmp_path, serve):
         for name in files:
             with open(os.path.join(root, name), "rb") as handle:
                 assert secret.encode() not in handle.read(), name
+
+
+def test_split_seed_keeps_the_held_out_images_and_pairs_while_the_seed_changes(tmp_path):
+    from dibigan_tf.training.pairs import sampled_pairs
+    splits, pairs = {}, {}
+    for name, seeds in {"a": dict(seed=0), "b": dict(seed=1, split_seed=0),
+                        "c": dict(seed=1)}.items():
+        run = tmp_path / name
+        run.mkdir()
+        cfg = _cfg(max_train_images=100, holdout_per_class=5, **seeds)
+        _, held = datasets.load_dataset(cfg, str(run))
+        splits[name] = json.loads((run / "split.json").read_text())
+        pairs[name] = [p.tolist() for p in sampled_pairs(cfg, held.labels)]
+        assert cfg.data_seed == (0 if name != "c" else 1)
+    assert splits["a"] == splits["b"] and pairs["a"] == pairs["b"]
+    assert splits["c"]["heldout"] != splits["a"]["heldout"] and pairs["c"] != pairs["a"]
