@@ -180,7 +180,9 @@ class StudentConfig:
                              "many pixels.", lower_bound=0)
     center_targets: bool = setting(False, "Eq. 6 on F(x) minus the mean training feature (for "
                                    "matchers whose features share a dominant direction, like "
-                                   "dlib's; see dibigan_tf/training/student.py).")
+                                   "dlib's; see dibigan_tf/training/student.py). In whitebox "
+                                   "mode Eq. 7's cosine term compares F's outputs minus that "
+                                   "mean, the same space.")
 
 
 @dataclasses.dataclass

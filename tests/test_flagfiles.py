@@ -23,7 +23,8 @@ for path in sorted(glob.glob("experiments/flagfiles/*.flags")):
     out[path] = {"mode": cfg.mode, "dataset": cfg.dataset, "generator": cfg.gan.generator,
                  "distill": cfg.gan.use_distill, "biject": cfg.gan.use_biject,
                  "run": cfg.run_name, "size": cfg.image_size, "matcher": cfg.matcher.name,
-                 "align": [cfg.align_template, cfg.align_size]}
+                 "align": [cfg.align_template, cfg.align_size],
+                 "full": json.loads(json.dumps(cfg.to_dict(), default=str))}
 print("CONFIGS " + json.dumps(out))
 """
 
@@ -66,3 +67,10 @@ def test_every_flagfile_builds_a_config():
         if name.startswith("faces") and "whitebox" in name:
             # dlib's descriptor as a Keras model: whitebox on dlib's own 150x150 chips
             assert (c["matcher"], c["align"]) == ("dlib_keras", ["dlib", 150]), name
+    # the LFW whitebox run is the blackbox one's twin: the same data, alignment, held-out
+    # people, F, sizes and budget; only the mode and the run's name differ
+    whitebox, blackbox = (configs[f"experiments/flagfiles/lfw_{m}_dlib.flags"]["full"]
+                          for m in ("whitebox", "blackbox"))
+    differ = {k for k in set(whitebox) | set(blackbox) if whitebox.get(k) != blackbox.get(k)}
+    assert differ == {"mode", "run_name"}, differ
+    assert blackbox["matcher"]["name"] == "dlib_keras" and blackbox["mode"] == "blackbox"

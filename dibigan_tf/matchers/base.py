@@ -108,9 +108,15 @@ class FixedMatcher(Matcher):
 class WhiteboxNetwork:
     """A differentiable matcher F called like the student F^S: `net(images, training)` takes
     float images in [-1, 1] at the generator's size (resized to F's input size inside the
-    graph, so gradients flow) and returns [taps..., embedding]."""
+    graph, so gradients flow) and returns [taps..., embedding].
 
-    def __init__(self, matcher: Matcher, image_shape):
+    embedding_mean: subtracted from the embedding, so that Eq. 7's cosine term compares F's
+    outputs in the same centred space a student trained on centred targets works in
+    (`--student_center_targets`, training/student.py): on a matcher whose features share one
+    dominant direction (dlib's: the mean feature alone has cosine 0.91 to every face) the raw
+    cosine barely sees identity, and whitebox would optimise a weaker term than blackbox."""
+
+    def __init__(self, matcher: Matcher, image_shape, embedding_mean=None):
         if not matcher.differentiable:
             raise MatcherError(f"--mode=whitebox needs a differentiable matcher; {matcher.name} "
                                f"is a blackbox (use --mode=blackbox: F^S is distilled from it)")
@@ -120,9 +126,14 @@ class WhiteboxNetwork:
         self.matcher = matcher
         self.size = tuple(int(d) for d in matcher.input_shape[:2])
         self.resize = tuple(int(d) for d in image_shape[:2]) != self.size
+        self.embedding_mean = (None if embedding_mean is None
+                               else np.asarray(embedding_mean, np.float32))
 
     def __call__(self, images, training=False):
         import tensorflow as tf
         if self.resize:
             images = tf.image.resize(images, self.size, method="bilinear")
-        return list(self.matcher.tf_outputs(images))
+        outputs = list(self.matcher.tf_outputs(images))
+        if self.embedding_mean is not None:
+            outputs[-1] = outputs[-1] - tf.constant(self.embedding_mean, outputs[-1].dtype)
+        return outputs

@@ -31,6 +31,20 @@ def test_whitebox_network_gives_lenet_taps_and_gradients_through_the_resize():
     np.testing.assert_allclose(outputs[-1].numpy(), same.numpy(), atol=1e-5)
 
 
+def test_whitebox_embedding_centred_like_a_student_on_centred_targets():
+    """--student_center_targets in whitebox mode: the embedding minus the mean training
+    feature, the taps unchanged."""
+    tf.keras.utils.set_random_seed(0)
+    matcher = LeNetMatcher(build_lenet(feature_dim=12))
+    x = tf.random.uniform([4, 32, 32, 1], -1.0, 1.0)
+    raw = WhiteboxNetwork(matcher, (32, 32, 1))(x)
+    mean = raw[-1].numpy().mean(axis=0) + 5.0          # one dominant direction, as dlib's
+    centred = WhiteboxNetwork(matcher, (32, 32, 1), embedding_mean=mean)(x)
+    for a, b in zip(raw[:-1], centred[:-1]):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_allclose(centred[-1].numpy(), raw[-1].numpy() - mean, atol=1e-5)
+
+
 def test_whitebox_refuses_a_blackbox_and_a_channel_mismatch():
     with pytest.raises(MatcherError, match="blackbox"):
         WhiteboxNetwork(CountingMatcher(), (4, 4, 1))
