@@ -64,10 +64,10 @@ evaluate: venv
 	$(PY) experiments/evaluate.py $(EVAL_ARGS)
 
 test: venv
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" --durations=15 $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" --durations=15 $(PYTEST_ARGS) tests
 
 test-all: venv
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS) tests
 
 bench: venv
 	$(PY) experiments/bench.py --out=checkpoints/bench.json $(ARGS)

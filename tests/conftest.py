@@ -1,6 +1,5 @@
-"""Fixtures shared by the test modules: a matcher service on 127.0.0.1 (`serve`); the order in
-which the tests are handed to the test processes. Plain helpers (paths, the tiny run's flags) are
-in tests/support.py."""
+"""Fixtures shared by the test modules: a matcher service on 127.0.0.1 (`serve`). Plain helpers
+(paths, the tiny run's flags) are in tests/support.py."""
 import http.server
 import io
 import json
@@ -89,22 +88,3 @@ def serve():
     for srv in servers:
         srv.shutdown()
         srv.server_close()
-
-
-#: The whole tiny runs, each one to five minutes (`make test --durations`), longest first. They
-#: are handed out before everything else, so that the two test processes share them and finish
-#: together instead of one running the longest alone at the end (with `--dist worksteal`).
-LONG_FIRST = (
-    "test_flow_stage_alone_then_loaded_by_a_run",
-    "test_every_trainable_under_mirrored_strategy_on_two_logical_cpus",
-    "test_sigkill_in_gan_stage_resumes_from_last_checkpoint",
-    "test_student_stage_on_faces_with_dlib",
-    "test_ablation_rows_share_stages_and_fill_the_table",
-    "test_one_step_on_four_logical_devices_equals_the_default_strategy",
-    "test_whitebox_run_trains_no_student",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(item.originalname, len(rank)))   # stable: the rest keep
