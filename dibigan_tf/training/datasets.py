@@ -39,7 +39,8 @@ def load_dataset(cfg: RunConfig, run_dir: str):
         train_idx, held_idx = split_identities(data.labels, cfg.heldout_fraction, cfg.data_seed)
         names = data.paths
     if cfg.max_train_images:
-        keep = np.random.default_rng(cfg.data_seed).permutation(len(train_idx))[:cfg.max_train_images]
+        rng = np.random.default_rng(cfg.data_seed)
+        keep = rng.permutation(len(train_idx))[:cfg.max_train_images]
         train_idx = np.sort(train_idx[keep])
     split_path = os.path.join(run_dir, "split.json")
     ids = (lambda idx: idx.tolist()) if names is None else (lambda idx: [names[i] for i in idx])

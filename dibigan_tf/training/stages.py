@@ -77,9 +77,10 @@ def train_stages(cfg: RunConfig, loop_kwargs: dict | None = None) -> RunContext:
 
     # 4. the student F^S (Eq. 6); in whitebox mode F itself takes its place (section 3.3)
     if cfg.mode == "whitebox":
-        # F's embedding centred as F^S's targets would be (the same Eq. 7 in both modes)
+        # F's embedding centred on the mean F^S's targets would have (pick["student"]: the
+        # same features train_student averages), so both modes optimise the same Eq. 7
         student = WhiteboxNetwork(ctx.matcher, ctx.train.image_shape, embedding_mean=(
-            ctx.train_features.mean(axis=0) if cfg.student.center_targets else None))
+            pick["student"][1].mean(axis=0) if cfg.student.center_targets else None))
         student_cos = 1.0
         seconds["student"] = 0.0
     else:
