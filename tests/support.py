@@ -17,9 +17,11 @@ TINY = [
     "--mapping_layers=2", "--mapping_dim=32", "--latent_dim=16",
     "--stable_images=64,1024", "--fade_images=0,64", "--batch_sizes=16,16",
     "--eval_positive_pairs=300", "--eval_negative_pairs=300",
-    "--checkpoint_every_steps=1", "--log_every=1", "--image_every=20",
-    "--augment_copies=1", "--augment_stages=student,gan",
+    "--log_every=1", "--image_every=20", "--augment_copies=1", "--augment_stages=student,gan",
 ]
+#: TINY with a checkpoint after every step, for the tests that SIGKILL a run part-way and resume
+#: it (a checkpoint per step costs a tiny run about 10 s, so the other tests leave it out)
+TINY_KILLABLE = TINY + ["--checkpoint_every_steps=1"]
 
 
 def latest_step(ckpt_dir):

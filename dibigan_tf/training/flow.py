@@ -11,7 +11,7 @@ from dibigan_tf.models.flow import (ClassConditionalGaussianPrior, bits_per_dim,
 from dibigan_tf.data.augment import SHIFT_NOISE, random_shift
 from dibigan_tf.data.images import image_grid
 from dibigan_tf.training.common import Stage, build_optimizer
-from dibigan_tf.training.loops import distributed_step, run_phase
+from dibigan_tf.training.loops import distributed_step, graph_function, run_phase
 
 
 def make_flow(strategy, image_shape, num_classes, num_steps=5, hidden_channels=32,
@@ -117,8 +117,8 @@ def evaluate_flow(flow, prior, images, labels, batch_size=250, seed=123):
     labels None: the images' identities have no prior of their own (held-out face identities
     are people H never saw), so only the mixture over the training identities is reported."""
     num_dims = int(np.prod(images.shape[1:]))
-    fn = tf.function(lambda x, y: (nll_loss(flow, prior, x, y), nll_loss(flow, prior, x)))
-    mix_fn = tf.function(lambda x: nll_loss(flow, prior, x))
+    fn = graph_function(lambda x, y: (nll_loss(flow, prior, x, y), nll_loss(flow, prior, x)))
+    mix_fn = graph_function(lambda x: nll_loss(flow, prior, x))
     true_bpd, mix_bpd = [], []
     for i in range(0, len(images), batch_size):
         x = dequantize(tf.constant(images[i:i + batch_size]), seed=seed + i)

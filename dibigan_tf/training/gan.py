@@ -21,7 +21,7 @@ from dibigan_tf.models.discriminator import ProgressiveDiscriminator
 from dibigan_tf.models.generator import build_generator
 from dibigan_tf.schedule import exponential_weights
 from dibigan_tf.training.common import Stage, batch_noise, build_optimizer
-from dibigan_tf.training.loops import distributed_step, run_phase
+from dibigan_tf.training.loops import distributed_step, graph_function, run_phase
 
 
 def build_networks(cfg: GanConfig, feature_dim: int, image_channels: int):
@@ -302,8 +302,6 @@ class GanTrainer:
         student, flow, full = self.student, self.flow, self.full_resolution
 
         # One trace for every batch, the last (shorter) one included.
-        @tf.function(input_signature=[tf.TensorSpec([None] + list(self.images.shape[1:]),
-                                                    tf.uint8)])
         def targets(images):
             real_up = resize_nearest(average_pool(uint8_to_unit(images), resolution), full)
             out = {}
@@ -314,6 +312,8 @@ class GanTrainer:
                 out["target_flow"] = flow.forward(flow_input(real_up))[0]
             return out
 
+        targets = graph_function(targets, input_signature=[
+            tf.TensorSpec([None] + list(self.images.shape[1:]), tf.uint8)])
         parts = [targets(tf.constant(self.images[i:i + batch_size]))
                  for i in range(0, len(self.images), batch_size)]
         return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
@@ -382,7 +382,7 @@ class GanTrainer:
         rng = np.random.default_rng(seed)
         last = self.cfg.num_blocks - 1
         if not hasattr(self, "_reconstruct_fn"):
-            self._reconstruct_fn = tf.function(
+            self._reconstruct_fn = graph_function(
                 lambda v, f: self.ema(v, self.condition(f), stage=last, alpha=1.0,
                                       training=False), reduce_retracing=True)
         out = []

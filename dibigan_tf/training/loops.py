@@ -12,6 +12,16 @@ from dibigan_tf.training.common import (Progress, Stage, StopRequested, array_da
                                         check_finite)
 
 
+def graph_function(fn: Callable, **kwargs):
+    """`tf.function(fn, **kwargs)` traced without AutoGraph, in `fn` and in every Keras layer it
+    calls. The training and inference functions here branch only on Python values, and
+    AutoGraph's conversion of them (with every layer and TFP bijector they call) took most of a
+    trace's time. `autograph=False` alone is not enough: Keras still converts each layer's `call`
+    unless the conversion status is "disabled", which `do_not_convert` sets. A branch on a tensor
+    then fails at trace time instead of being rewritten into graph control flow."""
+    return tf.function(tf.autograph.experimental.do_not_convert(fn), autograph=False, **kwargs)
+
+
 def distributed_step(strategy, replica_fn: Callable, name: str = "train_step",
                      jit_compile: bool = False, post_fn: Optional[Callable] = None):
     """Wraps `replica_fn(batch, *args) -> dict of per-replica contributions` in one tf.function.
@@ -20,18 +30,22 @@ def distributed_step(strategy, replica_fn: Callable, name: str = "train_step",
     the global mean); the returned dict holds those sums. `traces` counts Python traces (a test
     checks there is one per phase). `post_fn()` runs after the replicas, in cross-replica
     context, inside the same tf.function (e.g. the generator's EMA update).
+
+    The step is traced without AutoGraph (see `graph_function`); `strategy.run` would convert
+    `replica_fn` even then, so it is marked `do_not_convert` as well.
     """
     counter = {"traces": 0}
+    unconverted = tf.autograph.experimental.do_not_convert(replica_fn)
 
     def step(batch, *args):
         counter["traces"] += 1
-        per_replica = strategy.run(replica_fn, args=(batch,) + tuple(args))
+        per_replica = strategy.run(unconverted, args=(batch,) + tuple(args))
         if post_fn is not None:
             post_fn()
         return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                 for k, v in per_replica.items()}
 
-    fn = tf.function(step, jit_compile=jit_compile or None, reduce_retracing=False)
+    fn = graph_function(step, jit_compile=jit_compile or None, reduce_retracing=False)
     fn.trace_counter = counter
     return fn
 

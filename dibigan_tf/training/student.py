@@ -12,7 +12,7 @@ from dibigan_tf.models.student import build_student
 from dibigan_tf.data.augment import SHIFT_NOISE, random_shift
 from dibigan_tf.training import precision
 from dibigan_tf.training.common import Stage, build_optimizer
-from dibigan_tf.training.loops import distributed_step, run_phase
+from dibigan_tf.training.loops import distributed_step, graph_function, run_phase
 
 
 # model -> (target mean, target scale) variables (not attributes: Keras would track them as
@@ -105,9 +105,9 @@ def student_embed(model, images, batch_size=500):
             return mean + scale * tf.math.l2_normalize(y, axis=-1) if centred else y
 
         # one trace for every batch, the shorter last one included
-        fn = tf.function(lambda x: to_f_space(model(uint8_to_unit(x), training=False)[-1]),
-                         input_signature=[tf.TensorSpec([None] + list(images.shape[1:]),
-                                                        tf.uint8)])
+        fn = graph_function(
+            lambda x: to_f_space(model(uint8_to_unit(x), training=False)[-1]),
+            input_signature=[tf.TensorSpec([None] + list(images.shape[1:]), tf.uint8)])
         _EMBED_FNS[model] = fn
     return np.concatenate([fn(tf.constant(images[i:i + batch_size])).numpy()
                            for i in range(0, len(images), batch_size)])
@@ -164,7 +164,7 @@ def student_gradient_cosine(student, reference, images, labels, *, num_images=25
             loss = tf.reduce_sum(losses.cosine_distill_loss(target, embed(fake)))
         return tf.reshape(tape.gradient(loss, fake), [tf.shape(fake)[0], -1])
 
-    steps = {name: tf.function(lambda fake, real, embed=embed: gradient(embed, fake, real))
+    steps = {name: graph_function(lambda fake, real, embed=embed: gradient(embed, fake, real))
              for name, embed in networks.items()}
     cosines = {"": [], "_blurred": []}
     for start in range(0, len(pick), batch_size):

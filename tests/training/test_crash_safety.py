@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from dibigan_tf.training.common import Stage, TrainingError
 from dibigan_tf.training.loops import run_phase
-from tests.support import ROOT, TINY, latest_step as _latest_step
+from tests.support import ROOT, TINY_KILLABLE, latest_step as _latest_step
 
 
 def _toy_stage(tmp_path):
@@ -48,7 +48,8 @@ def test_nan_stops_the_phase_naming_it_and_keeps_the_last_good_checkpoint(tmp_pa
 
 def _command(tmp_path, stage, *extra):
     return [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
-            f"--checkpoint_dir={tmp_path}", "--run_name=crash", f"--stage={stage}"] + TINY + [
+            f"--checkpoint_dir={tmp_path}", "--run_name=crash",
+            f"--stage={stage}"] + TINY_KILLABLE + [
             "--augment_copies=0", "--student_epochs=4", "--flow_epochs=4",
             "--eval_positive_pairs=100", "--eval_negative_pairs=100"] + list(extra)
 
@@ -91,8 +92,7 @@ def test_sigkill_in_student_and_flow_trainings_resume_to_the_same_step_counts(tm
 
 @pytest.mark.slow   # the guard itself is tested in the default run (test above, in-process)
 def test_planted_nan_stops_a_run_with_a_one_line_error(tmp_path):
-    run = subprocess.run(_command(tmp_path, "student", "--inject_nan=student:6",
-                                  "--checkpoint_every_steps=1"),
+    run = subprocess.run(_command(tmp_path, "student", "--inject_nan=student:6"),
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 2
     assert "loss 'loss' is nan in stage student at step 6" in run.stderr

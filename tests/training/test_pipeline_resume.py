@@ -9,13 +9,13 @@ import sys
 import time
 
 
-from tests.support import ROOT, TINY, latest_step as _latest_step
+from tests.support import ROOT, TINY_KILLABLE, latest_step as _latest_step
 
 
 def _command(tmp_path):
     return [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
             f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'digits_blackbox.flags')}",
-            f"--checkpoint_dir={tmp_path}", "--run_name=tiny"] + TINY
+            f"--checkpoint_dir={tmp_path}", "--run_name=tiny"] + TINY_KILLABLE
 
 
 def test_sigkill_in_gan_stage_resumes_from_last_checkpoint(tmp_path):
