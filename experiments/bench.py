@@ -4,7 +4,8 @@
         [--jit_compile] [--mixed_precision=mixed_bfloat16] [--out=bench.json] [--tf_threads=1]
 
 Each row: images per second after a warm-up (the first call traces the tf.function), with the
-batch size and resolution stated. Run on an otherwise idle machine.
+batch size and resolution stated; the G+D rows also give that first call's seconds (`first s`:
+the trace and first execution a training pays once per phase). Run on an otherwise idle machine.
 """
 import dataclasses
 import json
@@ -73,11 +74,14 @@ def machine_flops(n=4096, repeats=5):
 
 
 def _time(fn, steps):
-    """Seconds per call after a trace + warm-up call. The peak of TensorFlow's CPU allocator
+    """(seconds per call after a trace + warm-up call, seconds of the first call: the trace and
+    first execution a training pays once per phase). The peak of TensorFlow's CPU allocator
     over the timed calls is left for `_peak_mb` (tensors only: weights, activations, gradients,
     optimizer slots; not the Python process around them)."""
     import tensorflow as tf
+    start = time.perf_counter()
     fn()  # trace + warm-up
+    first = time.perf_counter() - start
     fn()
     try:
         tf.config.experimental.reset_memory_stats("CPU:0")
@@ -86,7 +90,7 @@ def _time(fn, steps):
     start = time.perf_counter()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, first
 
 
 def _peak_mb():
@@ -129,7 +133,7 @@ def bench_flow(steps, jit_compile=False):
             opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return loss
 
-        dt = _time(lambda: float(step()), steps)
+        dt, _ = _time(lambda: float(step()), steps)
         rows.append(_speed({"name": "H (flow) train step",
                             "resolution": f"{shape[0]}x{shape[1]}x{shape[2]}",
                             "batch": batch, "seconds_per_step": dt,
@@ -165,7 +169,7 @@ def bench_student(steps, jit_compile=False, precision="float32"):
             opt.apply_gradients(zip(grads, model.trainable_variables))
             return loss
 
-        dt = _time(lambda: float(step()), steps)
+        dt, _ = _time(lambda: float(step()), steps)
         rows.append(_speed({"name": f"F^S train step (resnet-{depth}, width {width})",
                             "resolution": f"{shape[0]}x{shape[1]}x{shape[2]}", "batch": batch,
                             "seconds_per_step": dt, "images_per_second": batch / dt,
@@ -244,10 +248,11 @@ def bench_gan(steps, jit_compile, precision="float32"):
                 if variant == "direct" and not (cfg.use_distill or cfg.use_biject):
                     continue    # no F^S/H targets: one variant only
                 step = trainer.make_step(phase)
-                dt = _time(lambda: float(step(data, *args)["g_loss"]), steps)
+                dt, first = _time(lambda: float(step(data, *args)["g_loss"]), steps)
                 row = _speed({"name": f"G+D step, {label}, stable, {variant}",
                               "resolution": f"{phase.resolution}x{phase.resolution}", "batch": b,
-                              "seconds_per_step": dt, "images_per_second": b / dt},
+                              "seconds_per_step": dt, "images_per_second": b / dt,
+                              "first_call_seconds": first},
                              jit_compile, precision)
                 if FLAGS.flops:
                     row["flops_per_step"] = step_flops(step, data, *args)
@@ -272,7 +277,7 @@ def bench_pipeline(steps):
         noise = {"noise_v": ((128,), "normal"), "noise_eps": ((), "uniform")}
         iterator = iter(array_dataset(arrays, batch, 0, 0, noise=noise))
         count = max(steps * 20, 200)
-        dt = _time(lambda: next(iterator), count)
+        dt, _ = _time(lambda: next(iterator), count)
         rows.append({"name": "input pipeline (array_dataset + G noise, prefetch 4)",
                      "resolution": f"{shape[0]}x{shape[1]}x{shape[2]}", "batch": batch,
                      "seconds_per_step": dt, "images_per_second": batch / dt})
@@ -397,7 +402,7 @@ def main(argv):
     if peak:
         print(f"machine: {peak / 1e9:.1f} GFLOP/s (float32 4096x4096 matmul, best of 5)")
     print(f"{'benchmark':<56} {'input':>10} {'batch':>6} {'mode':>9} {'ms/step':>9} "
-          f"{'img/s':>8} {'peak MB':>8} {'GFLOP/step':>11} {'util':>6}")
+          f"{'img/s':>8} {'first s':>8} {'peak MB':>8} {'GFLOP/step':>11} {'util':>6}")
     for r in rows:
         extra = ""
         if peak and "flops_per_step" in r:
@@ -410,9 +415,11 @@ def main(argv):
         if "precision" in r:
             mode = {"float32": "f32", "mixed_float16": "f16", "mixed_bfloat16": "bf16"}[
                 r["precision"]] + ("+xla" if r["xla"] else "")
+        first = (f"{r['first_call_seconds']:>8.1f}" if "first_call_seconds" in r
+                 else f"{'':>8}")
         print(f"{r['name']:<56} {r['resolution']:>10} {r['batch']:>6} {mode:>9} "
-              f"{1000 * r['seconds_per_step']:>9.1f} {r['images_per_second']:>8.1f} {mem}"
-              f"{extra}")
+              f"{1000 * r['seconds_per_step']:>9.1f} {r['images_per_second']:>8.1f} {first}"
+              f"{mem}{extra}")
     if peak:
         rows.append({"name": "machine matmul", "gflops_per_second": peak / 1e9})
     for r in rows:
