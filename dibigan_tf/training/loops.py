@@ -13,12 +13,12 @@ from dibigan_tf.training.common import (Progress, Stage, StopRequested, array_da
 
 
 def graph_function(fn: Callable, **kwargs):
-    """`tf.function(fn, **kwargs)` traced without AutoGraph, in `fn` and in every Keras layer it
+    """`tf.function(fn, **kwargs)` traced without AutoGraph, in `fn` and in the Keras layers it
     calls. The training and inference functions here branch only on Python values, and
     AutoGraph's conversion of them (with every layer and TFP bijector they call) took most of a
-    trace's time. `autograph=False` alone is not enough: Keras still converts each layer's `call`
-    unless the conversion status is "disabled", which `do_not_convert` sets. A branch on a tensor
-    then fails at trace time instead of being rewritten into graph control flow."""
+    trace's time. `fn` is also marked `do_not_convert`, so that a caller tracing with AutoGraph
+    on does not convert it either. A branch on a tensor then fails at trace time instead of
+    being rewritten into graph control flow."""
     return tf.function(tf.autograph.experimental.do_not_convert(fn), autograph=False, **kwargs)
 
 
@@ -31,8 +31,8 @@ def distributed_step(strategy, replica_fn: Callable, name: str = "train_step",
     checks there is one per phase). `post_fn()` runs after the replicas, in cross-replica
     context, inside the same tf.function (e.g. the generator's EMA update).
 
-    The step is traced without AutoGraph (see `graph_function`); `strategy.run` would convert
-    `replica_fn` even then, so it is marked `do_not_convert` as well.
+    The step is traced without AutoGraph (see `graph_function`), `replica_fn` included: it is
+    marked `do_not_convert` too, so `strategy.run` leaves it as written.
     """
     counter = {"traces": 0}
     unconverted = tf.autograph.experimental.do_not_convert(replica_fn)
