@@ -31,15 +31,14 @@ def distributed_step(strategy, replica_fn: Callable, name: str = "train_step",
     checks there is one per phase). `post_fn()` runs after the replicas, in cross-replica
     context, inside the same tf.function (e.g. the generator's EMA update).
 
-    The step is traced without AutoGraph (see `graph_function`), `replica_fn` included: it is
-    marked `do_not_convert` too, so `strategy.run` leaves it as written.
+    The step is traced without AutoGraph (see `graph_function`), `replica_fn` included:
+    `strategy.run` converts nothing while `graph_function`'s conversion status is "disabled".
     """
     counter = {"traces": 0}
-    unconverted = tf.autograph.experimental.do_not_convert(replica_fn)
 
     def step(batch, *args):
         counter["traces"] += 1
-        per_replica = strategy.run(unconverted, args=(batch,) + tuple(args))
+        per_replica = strategy.run(replica_fn, args=(batch,) + tuple(args))
         if post_fn is not None:
             post_fn()
         return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)

@@ -53,3 +53,9 @@ def test_distributed_step_trains_and_traces_once():
     assert losses[0] == pytest.approx(1.0)          # (1 + 1 - 1)^2 per row
     assert losses[2] < losses[1] < losses[0]
     assert step.trace_counter["traces"] == 1
+
+    # the replica function is not converted either, under the default or a mirrored strategy
+    for strat in (strategy, tf.distribute.MirroredStrategy(["/cpu:0"])):
+        branching = distributed_step(strat, lambda batch: {"x": _BranchOnTensor()(batch["x"])})
+        with pytest.raises(TypeError, match="tf.Tensor"):
+            branching({"x": x})
