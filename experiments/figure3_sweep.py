@@ -9,7 +9,10 @@ Each (reading, alpha) is `experiments/train.py --flagfile=... --stage=figure3 --
 does not depend on the reading or the weight (L_biject is off for it, and alpha only scales
 L_biject), so it is trained once, by the first run, and copied into every later run with the
 matcher, the feature store, F^S and the split (each run then trains only its G with L_biject);
-H comes from the flagfile's `--flow_from_run`. A finished run is not trained again; an
+H comes from the flagfile's `--flow_from_run`. With `--extra=--generator=pggan` the runs are
+Table 2's (C) (PO.GAN + L_distill + L_biject) and their G without L_biject is (B), so the sweep
+measures the (B)->(C) step as the default configuration measures (E)->(F); `--share_from` lets
+such a sweep start from the first sweep's F, F^S, store and split. A finished run is not trained again; an
 interrupted one resumes. Writes `<checkpoint_dir>/<prefix>figure3-sweep.md` and `.json`: for each
 run, the mean and standard deviation over the G seeds of the intra/inter distance ratio of the
 reconstructions' F features and H latents, their class agreement and their reconstruction
@@ -33,7 +36,11 @@ flags.DEFINE_string("run_flagfile", "experiments/flagfiles/digits_figure3.flags"
                     "The run's flagfile (a configuration (F) run with --figure3_seeds).")
 flags.DEFINE_string("checkpoint_dir", "checkpoints", "Where runs are written.")
 flags.DEFINE_string("prefix", "", "Prefix of the run names and of the table's file.")
-flags.DEFINE_string("extra", "", "More flags for every run (quoted), e.g. a smaller budget.")
+flags.DEFINE_string("extra", "", "More flags for every run (quoted), e.g. a smaller budget, "
+                    "or --generator=pggan for Table 2's (B)->(C) step.")
+flags.DEFINE_string("share_from", "", "A finished run whose matcher, student, feature store and "
+                    "split the first run starts with (e.g. another sweep's first run, so that "
+                    "two sweeps share F, F^S and the split and F is queried once).")
 
 #: stages that do not depend on the reading or the weight, copied from the first run
 SHARED = ("matcher", "student", "features", "split.json")
@@ -48,12 +55,12 @@ def run_name(reading, alpha):
     return f"{FLAGS.prefix}fig3-{reading}-a{alpha}"
 
 
-def share_stages(source_dir, target_dir):
+def share_stages(source_dir, target_dir, with_gan=True):
     """Copies into a new run what the first run trained and this one would train the same way:
-    the matcher, the store, F^S, the split and every finished G without L_biject."""
+    the matcher, the store, F^S, the split and (`with_gan`) every finished G without L_biject."""
     os.makedirs(target_dir, exist_ok=True)
     names = list(SHARED) + sorted(n for n in os.listdir(source_dir)
-                                  if n.startswith("gan_without_biject") and
+                                  if with_gan and n.startswith("gan_without_biject") and
                                   os.path.exists(os.path.join(source_dir, n, "done.json")))
     for name in names:
         src, dst = os.path.join(source_dir, name), os.path.join(target_dir, name)
@@ -99,6 +106,10 @@ def main(argv):
     except ValueError:
         raise app.UsageError(f"--alphas must be numbers, got {FLAGS.alphas}") from None
     checkpoint_dir = os.path.abspath(FLAGS.checkpoint_dir)
+    if FLAGS.share_from and not all(os.path.exists(os.path.join(FLAGS.share_from, name))
+                                    for name in SHARED):
+        raise app.UsageError(f"--share_from={FLAGS.share_from}: needs its finished "
+                             f"{', '.join(SHARED)}")
     results, first = {}, None
     for reading in FLAGS.readings:
         for alpha in alphas:
@@ -106,6 +117,8 @@ def main(argv):
             run_dir = os.path.join(checkpoint_dir, name)
             if first is not None:
                 share_stages(first, run_dir)
+            elif FLAGS.share_from:
+                share_stages(FLAGS.share_from, run_dir, with_gan=False)
             cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
                    f"--flagfile={FLAGS.run_flagfile}", "--stage=figure3", f"--run_name={name}",
                    f"--checkpoint_dir={checkpoint_dir}", f"--biject_reading={reading}",

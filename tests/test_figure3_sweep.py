@@ -70,3 +70,38 @@ def test_unknown_reading_is_refused_before_any_run(tmp_path, monkeypatch):
     with pytest.raises(app.UsageError, match="unknown readings"):
         figure3_sweep.main(["figure3_sweep.py"])
     assert not os.listdir(tmp_path)
+
+
+def test_share_from_starts_the_first_run_with_another_runs_f_but_not_its_g(tmp_path,
+                                                                          monkeypatch):
+    """Table 2's (B)->(C) sweep (--extra=--generator=pggan) reuses the first sweep's F, F^S,
+    store and split; its G without L_biject is (B), not the other sweep's (E), so it is trained."""
+    seen = []
+    monkeypatch.setattr(figure3_sweep.subprocess, "run", _fake_train(seen))
+    source = tmp_path / "t-fig3-spatial-a0.001"
+    for name in ("matcher", "student", "features", "gan_without_biject"):
+        (source / name).mkdir(parents=True)
+        (source / name / "done.json").write_text("{}")
+    (source / "split.json").write_text("{}")
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["figure3_sweep.py", "--readings=spatial,latent", "--alphas=0.001",
+                 f"--checkpoint_dir={tmp_path}", "--prefix=pggan-", f"--share_from={source}",
+                 "--extra=--generator=pggan"])
+    assert figure3_sweep.main(["figure3_sweep.py"]) == 0
+    assert seen[0] == ("pggan-fig3-spatial-a0.001",
+                       ["features", "matcher", "split.json", "student"])
+    # the second run of the sweep shares the first's own G without L_biject, as before
+    assert "gan_without_biject" in seen[1][1]
+
+
+def test_share_from_without_finished_stages_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(figure3_sweep.subprocess, "run", _fake_train([]))
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "matcher").mkdir()
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["figure3_sweep.py", "--readings=spatial", f"--checkpoint_dir={tmp_path}",
+                 f"--share_from={tmp_path / 'half'}"])
+    from absl import app
+    with pytest.raises(app.UsageError, match="share_from"):
+        figure3_sweep.main(["figure3_sweep.py"])
+    assert sorted(os.listdir(tmp_path)) == ["half"]
