@@ -9,7 +9,6 @@ import os
 import numpy as np
 
 from dibigan_tf import keras_compat  # noqa: F401,I001  (selects Keras 2 before TF loads)
-import tensorflow as tf
 from absl import logging
 
 from dibigan_tf.config import RunConfig
@@ -148,7 +147,8 @@ def _flow_latents(flow, batch_size=250):
     batch shape, however many image sets it is given."""
     from dibigan_tf.data.images import uint8_to_unit
     from dibigan_tf.training.gan import flow_input
-    latent_fn = tf.function(lambda x: flow.forward(flow_input(x))[0])
+    from dibigan_tf.training.loops import graph_function
+    latent_fn = graph_function(lambda x: flow.forward(flow_input(x))[0])
 
     def latents_of(images):
         latents = np.concatenate([latent_fn(uint8_to_unit(images[i:i + batch_size])).numpy()

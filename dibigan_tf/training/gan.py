@@ -427,7 +427,7 @@ class TrainedGenerator:
         status.assert_existing_objects_matched()
         self.resolution = self.cfg.schedule().resolution(self.cfg.num_blocks - 1)
         last = self.cfg.num_blocks - 1
-        self._fn = tf.function(lambda v, f: self.ema(
+        self._fn = graph_function(lambda v, f: self.ema(
             v, (f - self.feature_mean) / self.feature_std, stage=last, alpha=1.0,
             training=False))
 
