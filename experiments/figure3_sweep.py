@@ -12,8 +12,8 @@ matcher, the feature store, F^S and the split (each run then trains only its G w
 H comes from the flagfile's `--flow_from_run`. With `--extra=--generator=pggan` the runs are
 Table 2's (C) (PO.GAN + L_distill + L_biject) and their G without L_biject is (B), so the sweep
 measures the (B)->(C) step as the default configuration measures (E)->(F); `--share_from` lets
-such a sweep start from the first sweep's F, F^S, store and split. A finished run is not trained again; an
-interrupted one resumes. Writes `<checkpoint_dir>/<prefix>figure3-sweep.md` and `.json`: for each
+such a sweep start from the first sweep's F, F^S, store and split. A finished run is not
+trained again; an interrupted one resumes. Writes `<checkpoint_dir>/<prefix>figure3-sweep.md` and `.json`: for each
 run, the mean and standard deviation over the G seeds of the intra/inter distance ratio of the
 reconstructions' F features and H latents, their class agreement and their reconstruction
 verification accuracy, with and without L_biject.
@@ -55,13 +55,18 @@ def run_name(reading, alpha):
     return f"{FLAGS.prefix}fig3-{reading}-a{alpha}"
 
 
+def finished(path):
+    """A stage directory with its done.json, or a file (the split) that exists."""
+    return os.path.exists(os.path.join(path, "done.json") if os.path.isdir(path) else path)
+
+
 def share_stages(source_dir, target_dir, with_gan=True):
     """Copies into a new run what the first run trained and this one would train the same way:
     the matcher, the store, F^S, the split and (`with_gan`) every finished G without L_biject."""
     os.makedirs(target_dir, exist_ok=True)
     names = list(SHARED) + sorted(n for n in os.listdir(source_dir)
                                   if with_gan and n.startswith("gan_without_biject") and
-                                  os.path.exists(os.path.join(source_dir, n, "done.json")))
+                                  finished(os.path.join(source_dir, n)))
     for name in names:
         src, dst = os.path.join(source_dir, name), os.path.join(target_dir, name)
         if os.path.exists(dst) or not os.path.exists(src):
@@ -106,10 +111,11 @@ def main(argv):
     except ValueError:
         raise app.UsageError(f"--alphas must be numbers, got {FLAGS.alphas}") from None
     checkpoint_dir = os.path.abspath(FLAGS.checkpoint_dir)
-    if FLAGS.share_from and not all(os.path.exists(os.path.join(FLAGS.share_from, name))
-                                    for name in SHARED):
-        raise app.UsageError(f"--share_from={FLAGS.share_from}: needs its finished "
-                             f"{', '.join(SHARED)}")
+    unfinished = [name for name in SHARED
+                  if FLAGS.share_from and not finished(os.path.join(FLAGS.share_from, name))]
+    if unfinished:
+        raise app.UsageError(f"--share_from={FLAGS.share_from}: {', '.join(unfinished)} not "
+                             f"finished there (a stage needs its done.json)")
     results, first = {}, None
     for reading in FLAGS.readings:
         for alpha in alphas:

@@ -95,13 +95,18 @@ def test_share_from_starts_the_first_run_with_another_runs_f_but_not_its_g(tmp_p
 
 
 def test_share_from_without_finished_stages_is_refused(tmp_path, monkeypatch):
+    """Every shared stage is there, but the matcher never finished (no done.json)."""
     monkeypatch.setattr(figure3_sweep.subprocess, "run", _fake_train([]))
-    (tmp_path / "half").mkdir()
-    (tmp_path / "half" / "matcher").mkdir()
+    half = tmp_path / "half"
+    for name in ("matcher", "student", "features"):
+        (half / name).mkdir(parents=True)
+        if name != "matcher":
+            (half / name / "done.json").write_text("{}")
+    (half / "split.json").write_text("{}")
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["figure3_sweep.py", "--readings=spatial", f"--checkpoint_dir={tmp_path}",
                  f"--share_from={tmp_path / 'half'}"])
     from absl import app
-    with pytest.raises(app.UsageError, match="share_from"):
+    with pytest.raises(app.UsageError, match="share_from=.*: matcher not finished"):
         figure3_sweep.main(["figure3_sweep.py"])
     assert sorted(os.listdir(tmp_path)) == ["half"]

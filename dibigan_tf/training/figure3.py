@@ -17,6 +17,7 @@ from dibigan_tf.training.common import TrainingError, read_done, save_json
 from dibigan_tf.training.datasets import dataset_of
 from dibigan_tf.training.gan import GanTrainer
 from dibigan_tf.training.image_formats import matcher_images
+from dibigan_tf.training.loops import graph_function
 from dibigan_tf.training.pairs import report_pair_counts
 from dibigan_tf.training.run_report import write_run_report
 from dibigan_tf.training.rundir import seed_stage
@@ -147,7 +148,6 @@ def _flow_latents(flow, batch_size=250):
     batch shape, however many image sets it is given."""
     from dibigan_tf.data.images import uint8_to_unit
     from dibigan_tf.training.gan import flow_input
-    from dibigan_tf.training.loops import graph_function
     latent_fn = graph_function(lambda x: flow.forward(flow_input(x))[0])
 
     def latents_of(images):
