@@ -1,15 +1,21 @@
-"""Fixtures shared by the test modules: a matcher service on 127.0.0.1 (`serve`). Plain helpers
-(paths, the tiny run's flags) are in tests/support.py."""
+"""Fixtures shared by the test modules: a matcher service on 127.0.0.1 (`serve`), and the tiny
+digits run's trained stages (`tiny_base`, `tiny_run`), trained once per test session and shared by
+the pytest-xdist workers. Plain helpers (paths, the tiny run's flags) are in tests/support.py."""
+import fcntl
 import http.server
 import io
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from tests.support import server_embedding
+from tests.support import ROOT, TINY, TINY_GAN_FLAGS, copy_stages, server_embedding
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -88,3 +94,80 @@ def serve():
     for srv in servers:
         srv.shutdown()
         srv.server_close()
+
+
+# --------------------------------------------------------------------------- shared tiny run
+def _shared_root(tmp_path_factory, worker_id):
+    """The directory every xdist worker of this test session sees (the parent of the workers'
+    own base directories), or this process's base directory without xdist."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if worker_id != "master" else root
+
+
+def _train(args):
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
+           f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'digits_blackbox.flags')}"
+           ] + list(args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return proc
+
+
+def _built_once(root, name, build):
+    """`build(path)` run by the first worker that asks, under a file lock; the others wait for
+    it and reuse the result. A failed build is reported to every test that needs it."""
+    path = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        failed = root / f"{name}.failed"
+        if failed.exists():
+            pytest.fail(f"the shared {name} failed to build:\n{failed.read_text()}")
+        if not (path / "built").exists():
+            if path.exists():
+                shutil.rmtree(path)
+            error = build(path)
+            if error:
+                failed.write_text(error)
+                pytest.fail(f"the shared {name} failed to build:\n{error}")
+            (path / "built").write_text("ok")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_flow(tmp_path_factory, worker_id):
+    """H of the tiny digits run (tests/support.TINY) trained on its own (`train.py --stage=flow`,
+    run `h`), once per session: the run directory, with `flow/metrics.json`."""
+    def build(path):
+        proc = _train([f"--checkpoint_dir={path}", "--run_name=h", "--stage=flow"] + TINY)
+        return "" if proc.returncode == 0 else (proc.stdout + proc.stderr)[-3000:]
+    return _built_once(_shared_root(tmp_path_factory, worker_id), "tiny-flow", build) / "h"
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, worker_id, tiny_flow):
+    """The tiny digits run's trained stages before G, once per session: the matcher, the feature
+    store (every training and held-out image queried once, nothing else), F^S
+    (`train.py --stage=student`), the split and `tiny_flow`'s H, which is the H such a run trains
+    (same flags, seed and images). Copy them into a run with `copy_stages`; a run with the same F,
+    F^S and H flags loads them as finished stages and trains only G."""
+    def build(path):
+        proc = _train([f"--checkpoint_dir={path}", "--run_name=tiny", "--stage=student"] + TINY)
+        if proc.returncode != 0:
+            return (proc.stdout + proc.stderr)[-3000:]
+        copy_stages(tiny_flow, path / "tiny", ["flow"])
+        os.remove(path / "tiny" / "config.json")   # a run copying these writes its own
+        return ""
+    return _built_once(_shared_root(tmp_path_factory, worker_id), "tiny-base", build) / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, worker_id, tiny_flow, tiny_base):
+    """A finished tiny digits run, once per session: `tiny_base`'s matcher, store and F^S, H
+    loaded from `tiny_flow` (`--flow_from_run`, so the run has no flow stage of its own), G
+    trained with TINY_GAN_FLAGS, and the report. Tests that change a run work on a copy."""
+    def build(path):
+        copy_stages(tiny_base, path / "tiny", ["matcher", "features", "student", "split.json"])
+        proc = _train([f"--checkpoint_dir={path}", "--run_name=tiny",
+                       f"--flow_from_run={tiny_flow}"] + TINY + TINY_GAN_FLAGS)
+        return "" if proc.returncode == 0 else (proc.stdout + proc.stderr)[-3000:]
+    return _built_once(_shared_root(tmp_path_factory, worker_id), "tiny-run", build) / "tiny"

@@ -1,6 +1,7 @@
 """Plain helpers shared by the test modules (fixtures are in tests/conftest.py)."""
 import os
 import re
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -22,6 +23,18 @@ TINY = [
 #: TINY with a checkpoint after every step, for the tests that SIGKILL a run part-way and resume
 #: it (a checkpoint per step costs a tiny run about 10 s, so the other tests leave it out)
 TINY_KILLABLE = TINY + ["--checkpoint_every_steps=1"]
+#: the G/D budget of the shared tiny run (tests/conftest.py: tiny_run) and of the runs that
+#: only need some G: 4 + 4 + 8 steps of 16 images over the three phases
+TINY_GAN_FLAGS = ["--stable_images=64,128"]
+
+
+def copy_stages(source, target, names=None):
+    """Copies a run's stage directories and files (all of them by default) into `target`; a run
+    there loads the finished stages (done.json) and trains the rest."""
+    os.makedirs(target, exist_ok=True)
+    for name in names if names is not None else sorted(os.listdir(source)):
+        src, dst = os.path.join(source, name), os.path.join(target, name)
+        (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, dst)
 
 
 def latest_step(ckpt_dir):

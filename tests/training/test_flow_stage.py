@@ -1,26 +1,28 @@
 """H trained on its own (`train.py --stage=flow`) and loaded by a later run
-(`--flow_from_run`), which then trains no H of its own."""
+(`--flow_from_run`), which then trains no H of its own; Figure 3 (`--stage=figure3`) on a finished
+run; a finished run's G outside training (TrainedGenerator, evaluate.py, the SavedModel export).
+
+H alone, the run loading it and its stages are the session's shared tiny runs
+(tests/conftest.py: tiny_flow, tiny_run)."""
 import json
 import os
 import subprocess
 import sys
 
-from tests.support import ROOT, TINY
+from tests.support import ROOT, TINY, TINY_GAN_FLAGS, copy_stages
 
 
 def _run(tmp_path, *extra):
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
            f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'digits_blackbox.flags')}",
-           f"--checkpoint_dir={tmp_path}"] + TINY + ["--stable_images=64,128"] + list(extra)
+           f"--checkpoint_dir={tmp_path}"] + TINY + TINY_GAN_FLAGS + list(extra)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
-def test_flow_stage_alone_then_loaded_by_a_run(tmp_path):
-    flow_only = _run(tmp_path, "--run_name=h", "--stage=flow")
-    out = flow_only.stdout + flow_only.stderr
-    assert flow_only.returncode == 0, out[-3000:]
-    h_dir = tmp_path / "h"
+def test_flow_stage_alone_then_loaded_by_a_run(tmp_path, tiny_flow, tiny_run):
+    # H alone: the session's `h` (tests/conftest.py: tiny_flow, `train.py --stage=flow`)
+    h_dir = tiny_flow
     metrics = json.loads((h_dir / "flow" / "metrics.json").read_text())
     for key in ("flow_bits_per_dim", "flow_bits_per_dim_mixture", "flow_train_bits_per_dim"):
         assert 0.0 < metrics[key] < 16.0, metrics
@@ -34,20 +36,23 @@ def test_flow_stage_alone_then_loaded_by_a_run(tmp_path):
     assert bad.returncode == 2
     assert "no finished flow stage" in bad.stderr
 
-    # a run loading this H trains none of its own and reports the same held-out bpd
-    run = _run(tmp_path, "--run_name=r", f"--flow_from_run={h_dir}")
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    assert not (tmp_path / "r" / "flow").exists()
-    report = json.loads((tmp_path / "r" / "report" / "metrics.json").read_text())
+    # a run loading this H (tests/conftest.py: tiny_run, `--flow_from_run=h`) trains none of
+    # its own and reports the same held-out bpd
+    assert not (tiny_run / "flow").exists()
+    report = json.loads((tiny_run / "report" / "metrics.json").read_text())
     assert not any(k.startswith("biject_") for k in report)
     assert report["seconds"]["flow"] == 0.0
     assert abs(report["flow_bits_per_dim"] - metrics["flow_bits_per_dim"]) < 1e-4
 
-    # Figure 3 on the finished run: a second G without L_biject, both projected and compared
+
+def test_figure3_stage_on_a_finished_run(tmp_path, tiny_flow, tiny_run):
+    # Figure 3 on a finished run: a second G without L_biject, both projected and compared
     # on two G seeds: the run's own G and its twin, then a second pair with another G seed.
-    # Without a report yet (a run trained by --stage=figure3 alone), the stage writes it.
+    # Without a report yet (a run trained by --stage=figure3 alone), the stage writes it. The
+    # run's H is loaded from another run (--flow_from_run), as in the Figure 3 sweeps.
+    copy_stages(tiny_run, tmp_path / "r")
     (tmp_path / "r" / "report" / "metrics.json").unlink()
-    fig = _run(tmp_path, "--run_name=r", f"--flow_from_run={h_dir}", "--stage=figure3",
+    fig = _run(tmp_path, "--run_name=r", f"--flow_from_run={tiny_flow}", "--stage=figure3",
                "--figure3_seeds=2")
     assert fig.returncode == 0, (fig.stdout + fig.stderr)[-3000:]
     for stage in ("gan_without_biject", "gan_seed1", "gan_without_biject_seed1"):
@@ -79,12 +84,12 @@ def test_flow_stage_alone_then_loaded_by_a_run(tmp_path):
     done.write_text(done.read_text().replace('"step"', '"step_of_another_run"'))
     assert extra_report_keys(str(tmp_path / "r" / "report"), str(tmp_path / "r")) == {}
 
-    # The trained G outside training: TrainedGenerator rebuilds G_ema from the run and gives the
-    # run's own reconstructions (same seed, same v), so F's cosine matches the report exactly
-    _trained_generator_and_evaluate_cli(tmp_path, tmp_path / "r", report)
 
-
-def _trained_generator_and_evaluate_cli(tmp_path, run_dir, report):
+def test_trained_generator_evaluate_and_export(tmp_path, tiny_run):
+    """The trained G outside training: TrainedGenerator rebuilds G_ema from the run and gives the
+    run's own reconstructions (same seed, same v), so F's cosine matches the report exactly."""
+    run_dir = tiny_run
+    report = json.loads((run_dir / "report" / "metrics.json").read_text())
     import numpy as np
     from PIL import Image
     from dibigan_tf.data.digits import load_embedded_digits

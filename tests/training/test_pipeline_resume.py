@@ -1,5 +1,7 @@
-"""End to end: the whole blackbox pipeline on a small slice of the digits, killed with SIGKILL in
-the middle of the GAN stage and resumed by running the same command again."""
+"""End to end: the blackbox pipeline on a small slice of the digits, killed with SIGKILL in the
+middle of the GAN stage and resumed by running the same command again. The run starts with the
+session's shared matcher, feature store, F^S and H (tests/conftest.py: tiny_base), which it loads
+as finished stages."""
 import json
 import os
 import re
@@ -9,7 +11,7 @@ import sys
 import time
 
 
-from tests.support import ROOT, TINY_KILLABLE, latest_step as _latest_step
+from tests.support import ROOT, TINY_KILLABLE, copy_stages, latest_step as _latest_step
 
 
 def _command(tmp_path):
@@ -18,9 +20,10 @@ def _command(tmp_path):
             f"--checkpoint_dir={tmp_path}", "--run_name=tiny"] + TINY_KILLABLE
 
 
-def test_sigkill_in_gan_stage_resumes_from_last_checkpoint(tmp_path):
+def test_sigkill_in_gan_stage_resumes_from_last_checkpoint(tmp_path, tiny_base):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     run_dir = tmp_path / "tiny"
+    copy_stages(tiny_base, run_dir)
     log1 = open(tmp_path / "run1.log", "w")
     proc = subprocess.Popen(_command(tmp_path), stdout=log1, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 600

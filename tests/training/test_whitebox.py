@@ -12,7 +12,7 @@ from dibigan_tf.matchers.base import MatcherError, WhiteboxNetwork
 from dibigan_tf.matchers.lenet import LeNetMatcher
 from dibigan_tf.matchers.lenet import build_lenet
 from tests.support import CountingMatcher
-from tests.support import ROOT, TINY
+from tests.support import ROOT, TINY, copy_stages
 
 
 def test_whitebox_network_gives_lenet_taps_and_gradients_through_the_resize():
@@ -52,7 +52,9 @@ def test_whitebox_refuses_a_blackbox_and_a_channel_mismatch():
         WhiteboxNetwork(LeNetMatcher(build_lenet(feature_dim=4)), (32, 32, 3))
 
 
-def test_whitebox_run_trains_no_student(tmp_path):
+def test_whitebox_run_trains_no_student(tmp_path, tiny_base):
+    # the session's shared matcher, store and H (tests/conftest.py), loaded as finished stages
+    copy_stages(tiny_base, tmp_path / "wb", ["matcher", "features", "flow", "split.json"])
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
            f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'digits_whitebox.flags')}",
            f"--checkpoint_dir={tmp_path}", "--run_name=wb"] + TINY + [
