@@ -97,11 +97,11 @@ def serve():
 
 
 # --------------------------------------------------------------------------- shared tiny run
-def _shared_root(tmp_path_factory, worker_id):
+def _shared_root(tmp_path_factory):
     """The directory every xdist worker of this test session sees (the parent of the workers'
     own base directories), or this process's base directory without xdist."""
     root = tmp_path_factory.getbasetemp()
-    return root.parent if worker_id != "master" else root
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
 
 
 def _train(args):
@@ -134,17 +134,17 @@ def _built_once(root, name, build):
 
 
 @pytest.fixture(scope="session")
-def tiny_flow(tmp_path_factory, worker_id):
+def tiny_flow(tmp_path_factory):
     """H of the tiny digits run (tests/support.TINY) trained on its own (`train.py --stage=flow`,
     run `h`), once per session: the run directory, with `flow/metrics.json`."""
     def build(path):
         proc = _train([f"--checkpoint_dir={path}", "--run_name=h", "--stage=flow"] + TINY)
         return "" if proc.returncode == 0 else (proc.stdout + proc.stderr)[-3000:]
-    return _built_once(_shared_root(tmp_path_factory, worker_id), "tiny-flow", build) / "h"
+    return _built_once(_shared_root(tmp_path_factory), "tiny-flow", build) / "h"
 
 
 @pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory, worker_id, tiny_flow):
+def tiny_base(tmp_path_factory, tiny_flow):
     """The tiny digits run's trained stages before G, once per session: the matcher, the feature
     store (every training and held-out image queried once, nothing else), F^S
     (`train.py --stage=student`), the split and `tiny_flow`'s H, which is the H such a run trains
@@ -157,11 +157,11 @@ def tiny_base(tmp_path_factory, worker_id, tiny_flow):
         copy_stages(tiny_flow, path / "tiny", ["flow"])
         os.remove(path / "tiny" / "config.json")   # a run copying these writes its own
         return ""
-    return _built_once(_shared_root(tmp_path_factory, worker_id), "tiny-base", build) / "tiny"
+    return _built_once(_shared_root(tmp_path_factory), "tiny-base", build) / "tiny"
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, worker_id, tiny_flow, tiny_base):
+def tiny_run(tmp_path_factory, tiny_flow, tiny_base):
     """A finished tiny digits run, once per session: `tiny_base`'s matcher, store and F^S, H
     loaded from `tiny_flow` (`--flow_from_run`, so the run has no flow stage of its own), G
     trained with TINY_GAN_FLAGS, and the report. Tests that change a run work on a copy."""
@@ -170,4 +170,4 @@ def tiny_run(tmp_path_factory, worker_id, tiny_flow, tiny_base):
         proc = _train([f"--checkpoint_dir={path}", "--run_name=tiny",
                        f"--flow_from_run={tiny_flow}"] + TINY + TINY_GAN_FLAGS)
         return "" if proc.returncode == 0 else (proc.stdout + proc.stderr)[-3000:]
-    return _built_once(_shared_root(tmp_path_factory, worker_id), "tiny-run", build) / "tiny"
+    return _built_once(_shared_root(tmp_path_factory), "tiny-run", build) / "tiny"
