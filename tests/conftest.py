@@ -1,5 +1,5 @@
 """Fixtures shared by the test modules: a matcher service on 127.0.0.1 (`serve`), and the tiny
-digits run's trained stages (`tiny_base`, `tiny_run`), trained once per test session and shared by
+digits run's trained stages (`tiny_flow`, `tiny_base`, `tiny_run`), trained once per test session and shared by
 the pytest-xdist workers. Plain helpers (paths, the tiny run's flags) are in tests/support.py."""
 import fcntl
 import http.server
@@ -7,15 +7,13 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from tests.support import ROOT, TINY, TINY_GAN_FLAGS, copy_stages, server_embedding
+from tests.support import TINY, TINY_GAN_FLAGS, copy_stages, run_train, server_embedding
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -104,15 +102,6 @@ def _shared_root(tmp_path_factory):
     return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
 
 
-def _train(args):
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
-           f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'digits_blackbox.flags')}"
-           ] + list(args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    return proc
-
-
 def _built_once(root, name, build):
     """`build(path)` run by the first worker that asks, under a file lock; the others wait for
     it and reuse the result. A failed build is reported to every test that needs it."""
@@ -138,7 +127,7 @@ def tiny_flow(tmp_path_factory):
     """H of the tiny digits run (tests/support.TINY) trained on its own (`train.py --stage=flow`,
     run `h`), once per session: the run directory, with `flow/metrics.json`."""
     def build(path):
-        proc = _train([f"--checkpoint_dir={path}", "--run_name=h", "--stage=flow"] + TINY)
+        proc = run_train([f"--checkpoint_dir={path}", "--run_name=h", "--stage=flow"] + TINY)
         return "" if proc.returncode == 0 else (proc.stdout + proc.stderr)[-3000:]
     return _built_once(_shared_root(tmp_path_factory), "tiny-flow", build) / "h"
 
@@ -151,7 +140,7 @@ def tiny_base(tmp_path_factory, tiny_flow):
     (same flags, seed and images). Copy them into a run with `copy_stages`; a run with the same F,
     F^S and H flags loads them as finished stages and trains only G."""
     def build(path):
-        proc = _train([f"--checkpoint_dir={path}", "--run_name=tiny", "--stage=student"] + TINY)
+        proc = run_train([f"--checkpoint_dir={path}", "--run_name=tiny", "--stage=student"] + TINY)
         if proc.returncode != 0:
             return (proc.stdout + proc.stderr)[-3000:]
         copy_stages(tiny_flow, path / "tiny", ["flow"])
@@ -167,7 +156,7 @@ def tiny_run(tmp_path_factory, tiny_flow, tiny_base):
     trained with TINY_GAN_FLAGS, and the report. Tests that change a run work on a copy."""
     def build(path):
         copy_stages(tiny_base, path / "tiny", ["matcher", "features", "student", "split.json"])
-        proc = _train([f"--checkpoint_dir={path}", "--run_name=tiny",
-                       f"--flow_from_run={tiny_flow}"] + TINY + TINY_GAN_FLAGS)
+        proc = run_train([f"--checkpoint_dir={path}", "--run_name=tiny",
+                          f"--flow_from_run={tiny_flow}"] + TINY + TINY_GAN_FLAGS)
         return "" if proc.returncode == 0 else (proc.stdout + proc.stderr)[-3000:]
     return _built_once(_shared_root(tmp_path_factory), "tiny-run", build) / "tiny"

@@ -2,6 +2,8 @@
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -26,6 +28,15 @@ TINY_KILLABLE = TINY + ["--checkpoint_every_steps=1"]
 #: the G/D budget of the shared tiny run (tests/conftest.py: tiny_run) and of the runs that
 #: only need some G: 4 + 4 + 8 steps of 16 images over the three phases
 TINY_GAN_FLAGS = ["--stable_images=64,128"]
+
+
+def run_train(args, flagfile="digits_blackbox.flags", timeout=900):
+    """`experiments/train.py --flagfile=experiments/flagfiles/<flagfile> <args>` in a subprocess;
+    the CompletedProcess, output captured."""
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
+           f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', flagfile)}"] + list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
 def copy_stages(source, target, names=None):

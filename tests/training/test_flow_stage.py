@@ -9,15 +9,12 @@ import os
 import subprocess
 import sys
 
-from tests.support import ROOT, TINY, TINY_GAN_FLAGS, copy_stages
+from tests.support import ROOT, TINY, TINY_GAN_FLAGS, copy_stages, run_train
 
 
 def _run(tmp_path, *extra):
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
-           f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'digits_blackbox.flags')}",
-           f"--checkpoint_dir={tmp_path}"] + TINY + TINY_GAN_FLAGS + list(extra)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return run_train([f"--checkpoint_dir={tmp_path}"] + TINY + TINY_GAN_FLAGS + list(extra),
+                     timeout=600)
 
 
 def test_flow_stage_alone_then_loaded_by_a_run(tmp_path, tiny_flow, tiny_run):

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from tests.training.test_mirrored import ROOT
+from tests.support import ROOT
 
 _HEADER = '''
 import json, sys
