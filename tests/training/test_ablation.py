@@ -5,12 +5,13 @@ import os
 import subprocess
 import sys
 
-from tests.support import ROOT, TINY
+from tests.support import ROOT, TINY, TINY_GAN_FLAGS
 
 
 def test_ablation_rows_share_stages_and_fill_the_table(tmp_path):
     extra = " ".join(t for t in TINY if not t.startswith("--augment"))
-    extra += " --stable_images=64,128 --matcher_epochs=1"     # the driver, not the training
+    # the driver, not the training: one G phase, F trained for one epoch
+    extra += " " + " ".join(TINY_GAN_FLAGS + ["--matcher_epochs=1"])
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "ablation.py"), "--configs=A,F",
            f"--checkpoint_dir={tmp_path}", "--prefix=t-", f"--extra={extra}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)

@@ -64,10 +64,10 @@ def test_student_stage_on_faces_with_dlib(tmp_path):
     # G/D, and the report (held-out people as their own gallery)
     whole = _run(tmp_path, data, "--run_name=second", "--stage=all", "--flow_steps=2",
                  "--flow_hidden_channels=8", "--flow_res_blocks=1", "--flow_epochs=1",
-                 "--start_resolution=8", "--num_blocks=3", "--g_channels=8,8,8",
-                 "--d_channels=8,8,8", "--mapping_layers=2", "--mapping_dim=16",
-                 "--latent_dim=8", "--stable_images=32,32,64", "--fade_images=0,32,32",
-                 "--batch_sizes=8,8,8", "--log_every=1", "--image_every=4")
+                 "--start_resolution=16", "--num_blocks=2", "--g_channels=8,8",
+                 "--d_channels=8,8", "--mapping_layers=2", "--mapping_dim=16",
+                 "--latent_dim=8", "--stable_images=32,64", "--fade_images=0,32",
+                 "--batch_sizes=8,8", "--log_every=1", "--image_every=4")
     assert whole.returncode == 0, (whole.stdout + whole.stderr)[-3000:]
     report = json.loads((tmp_path / "ck" / "second" / "report" / "metrics.json").read_text())
     # the 8 held-out reconstructions, and v_variation's images (8 features x 8 v at most)

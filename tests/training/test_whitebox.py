@@ -12,7 +12,7 @@ from dibigan_tf.matchers.base import MatcherError, WhiteboxNetwork
 from dibigan_tf.matchers.lenet import LeNetMatcher
 from dibigan_tf.matchers.lenet import build_lenet
 from tests.support import CountingMatcher
-from tests.support import ROOT, TINY, copy_stages
+from tests.support import ROOT, TINY, TINY_GAN_FLAGS, copy_stages
 
 
 def test_whitebox_network_gives_lenet_taps_and_gradients_through_the_resize():
@@ -57,8 +57,8 @@ def test_whitebox_run_trains_no_student(tmp_path, tiny_base):
     copy_stages(tiny_base, tmp_path / "wb", ["matcher", "features", "flow", "split.json"])
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
            f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'digits_whitebox.flags')}",
-           f"--checkpoint_dir={tmp_path}", "--run_name=wb"] + TINY + [
-           "--stable_images=64,128", "--augment_copies=0"]
+           f"--checkpoint_dir={tmp_path}", "--run_name=wb"] + TINY + TINY_GAN_FLAGS + [
+           "--augment_copies=0"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
