@@ -30,7 +30,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from dibigan_tf.keras_compat import keras
-from dibigan_tf.models.generator import _check_stage, default_channels
+from dibigan_tf.models.generator import ProgressiveStages, _check_stage, default_channels
 from dibigan_tf.models.layers import (
     Downsample2x,
     EqualizedConv2D,
@@ -107,7 +107,7 @@ class DiscriminatorOutputBlock(keras.layers.Layer):
         return config
 
 
-class ProgressiveDiscriminator(keras.Model):
+class ProgressiveDiscriminator(ProgressiveStages, keras.Model):
     """Progressive (PO-GAN) discriminator; see the module docstring for the call convention.
 
     Args:
@@ -144,18 +144,6 @@ class ProgressiveDiscriminator(keras.Model):
         self.build_all()
 
     # ----------------------------------------------------------------------------- helpers
-    @property
-    def num_stages(self) -> int:
-        return self.num_blocks
-
-    @property
-    def max_resolution(self) -> int:
-        return self.resolution(self.num_blocks - 1)
-
-    def resolution(self, stage: int) -> int:
-        """Input resolution at ``stage``: ``start_resolution * 2**stage``."""
-        return self.start_resolution * 2 ** int(stage)
-
     def build_all(self):
         """Create every variable of every block (called by the constructor)."""
         for i in range(self.num_blocks):

@@ -205,7 +205,25 @@ class SynthesisBlock(keras.layers.Layer):
         return config
 
 
-class _ProgressiveSynthesisBase(keras.Model):
+class ProgressiveStages:
+    """The stage arithmetic G and D share: stage ``s`` works at ``start_resolution * 2**s`` and
+    the last of ``num_blocks`` stages at the full resolution. Needs ``start_resolution`` and
+    ``num_blocks`` attributes."""
+
+    @property
+    def num_stages(self) -> int:
+        return self.num_blocks
+
+    @property
+    def max_resolution(self) -> int:
+        return self.resolution(self.num_blocks - 1)
+
+    def resolution(self, stage: int) -> int:
+        """G's output and D's input resolution at ``stage``: ``start_resolution * 2**stage``."""
+        return self.start_resolution * 2 ** int(stage)
+
+
+class _ProgressiveSynthesisBase(ProgressiveStages, keras.Model):
     """Shared progressive synthesis machinery (blocks, to-RGB layers, fade-in, helpers)."""
 
     _norm = "adain"
@@ -235,18 +253,6 @@ class _ProgressiveSynthesisBase(keras.Model):
             for i in range(self.num_blocks)]
 
     # ----------------------------------------------------------------------------- helpers
-    @property
-    def num_stages(self) -> int:
-        return self.num_blocks
-
-    @property
-    def max_resolution(self) -> int:
-        return self.resolution(self.num_blocks - 1)
-
-    def resolution(self, stage: int) -> int:
-        """Output resolution at ``stage``: ``start_resolution * 2**stage``."""
-        return self.start_resolution * 2 ** int(stage)
-
     def _input_dim(self) -> int:
         raise NotImplementedError
 
