@@ -1,6 +1,7 @@
 """Fixtures shared by the test modules: a matcher service on 127.0.0.1 (`serve`), and the tiny
-digits run's trained stages (`tiny_flow`, `tiny_base`, `tiny_run`), trained once per test session and shared by
-the pytest-xdist workers. Plain helpers (paths, the tiny run's flags) are in tests/support.py."""
+digits run's trained stages (`tiny_flow`, `tiny_base`, `tiny_run`), trained once per test
+session and shared by the pytest-xdist workers. Plain helpers (paths, the tiny run's flags,
+train.py's command line) are in tests/support.py."""
 import fcntl
 import http.server
 import io
@@ -102,6 +103,11 @@ def _shared_root(tmp_path_factory):
     return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
 
 
+def _failure(proc):
+    """"" for a train.py run that succeeded, else the end of its output (a build's error)."""
+    return "" if proc.returncode == 0 else (proc.stdout + proc.stderr)[-3000:]
+
+
 def _built_once(root, name, build):
     """`build(path)` run by the first worker that asks, under a file lock; the others wait for
     it and reuse the result. A failed build is reported to every test that needs it."""
@@ -127,8 +133,8 @@ def tiny_flow(tmp_path_factory):
     """H of the tiny digits run (tests/support.TINY) trained on its own (`train.py --stage=flow`,
     run `h`), once per session: the run directory, with `flow/metrics.json`."""
     def build(path):
-        proc = run_train([f"--checkpoint_dir={path}", "--run_name=h", "--stage=flow"] + TINY)
-        return "" if proc.returncode == 0 else (proc.stdout + proc.stderr)[-3000:]
+        return _failure(run_train([f"--checkpoint_dir={path}", "--run_name=h", "--stage=flow"]
+                                  + TINY))
     return _built_once(_shared_root(tmp_path_factory), "tiny-flow", build) / "h"
 
 
@@ -140,9 +146,10 @@ def tiny_base(tmp_path_factory, tiny_flow):
     (same flags, seed and images). Copy them into a run with `copy_stages`; a run with the same F,
     F^S and H flags loads them as finished stages and trains only G."""
     def build(path):
-        proc = run_train([f"--checkpoint_dir={path}", "--run_name=tiny", "--stage=student"] + TINY)
-        if proc.returncode != 0:
-            return (proc.stdout + proc.stderr)[-3000:]
+        error = _failure(run_train([f"--checkpoint_dir={path}", "--run_name=tiny",
+                                    "--stage=student"] + TINY))
+        if error:
+            return error
         copy_stages(tiny_flow, path / "tiny", ["flow"])
         os.remove(path / "tiny" / "config.json")   # a run copying these writes its own
         return ""
@@ -156,7 +163,6 @@ def tiny_run(tmp_path_factory, tiny_flow, tiny_base):
     trained with TINY_GAN_FLAGS, and the report. Tests that change a run work on a copy."""
     def build(path):
         copy_stages(tiny_base, path / "tiny", ["matcher", "features", "student", "split.json"])
-        proc = run_train([f"--checkpoint_dir={path}", "--run_name=tiny",
-                          f"--flow_from_run={tiny_flow}"] + TINY + TINY_GAN_FLAGS)
-        return "" if proc.returncode == 0 else (proc.stdout + proc.stderr)[-3000:]
+        return _failure(run_train([f"--checkpoint_dir={path}", "--run_name=tiny",
+                                   f"--flow_from_run={tiny_flow}"] + TINY + TINY_GAN_FLAGS))
     return _built_once(_shared_root(tmp_path_factory), "tiny-run", build) / "tiny"

@@ -28,19 +28,26 @@ TINY_KILLABLE = TINY + ["--checkpoint_every_steps=1"]
 #: the G/D of the shared tiny run (tests/conftest.py: tiny_run) and of the other runs whose
 #: test is not about progressive growth (Figure 3, the export, whitebox mode, the ablation
 #: driver): one stable 32x32 phase of 8 steps of 16 images. Each phase is a trace of G/D's step,
-#: most of a tiny run's time; the runs that test growth keep TINY's three phases (the SIGKILL
-#: resume, the faces run, the MirroredStrategy cases).
+#: most of a tiny run's time; the runs that test growth keep several phases (the SIGKILL resume's
+#: TINY, the faces run, the MirroredStrategy cases).
 TINY_GAN_FLAGS = ["--start_resolution=32", "--num_blocks=1", "--g_channels=8",
                   "--d_channels=8", "--stable_images=128", "--fade_images=0", "--batch_sizes=16"]
 
 
-def run_train(args, flagfile="digits_blackbox.flags", timeout=900):
-    """`experiments/train.py --flagfile=experiments/flagfiles/<flagfile> <args>` in a subprocess;
-    the CompletedProcess, output captured."""
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
-           f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', flagfile)}"] + list(args)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+def train_command(args, flagfile="digits_blackbox.flags"):
+    """The argv of `experiments/train.py --flagfile=experiments/flagfiles/<flagfile> <args>`
+    (no --flagfile when `flagfile` is None), for subprocess.run or Popen."""
+    flags = ([] if flagfile is None else
+             [f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', flagfile)}"])
+    return [sys.executable, os.path.join(ROOT, "experiments", "train.py")] + flags + list(args)
+
+
+def run_train(args, flagfile="digits_blackbox.flags", timeout=900, env=None):
+    """`train_command(args, flagfile)` run to its end, output captured and unbuffered, `env`
+    added to this process's environment; the CompletedProcess."""
+    return subprocess.run(train_command(args, flagfile), capture_output=True, text=True,
+                          timeout=timeout,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
 
 
 def copy_stages(source, target, names=None):

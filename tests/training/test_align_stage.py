@@ -1,14 +1,10 @@
 """`train.py --stage=align --dataset=celeba`: CelebA's identity file and in-the-wild photos
 (written by the test from a real face photo), aligned once, counted, cached."""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import ROOT
+from tests.support import run_train
 
 pytest.importorskip("dlib", reason="dlib-bin is not installed")
 astronaut = pytest.importorskip("tests.matchers.test_dlib").astronaut
@@ -28,14 +24,13 @@ def test_celeba_alignment_stage(tmp_path):
     Image.new("RGB", (200, 200), (90, 90, 90)).save(root / "images" / "000007.jpg")  # no face
     lines += ["000007.jpg 100", "000008.jpg 101"]                                 # missing file
     (root / "identity.txt").write_text("\n".join(lines) + "\n")
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"), "--dataset=celeba",
-           f"--data_dir={root}", "--matcher=dlib", "--stage=align", "--align_size=64",
-           f"--checkpoint_dir={tmp_path / 'ck'}", "--run_name=align"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    args = ["--dataset=celeba", f"--data_dir={root}", "--matcher=dlib", "--stage=align",
+            "--align_size=64", f"--checkpoint_dir={tmp_path / 'ck'}", "--run_name=align"]
+    run = run_train(args, flagfile=None, timeout=300)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-3000:]
     assert "aligned: 6\n" in run.stdout and "images: 7\n" in run.stdout
     assert "status_none: 1" in run.stdout and "listed_missing: 1" in run.stdout
     assert "identities: 2" in run.stdout and "photos_per_second" in run.stdout
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    again = run_train(args, flagfile=None, timeout=300)
     assert again.returncode == 0 and "aligned_this_pass: 0" in again.stdout

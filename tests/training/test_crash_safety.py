@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -15,7 +14,7 @@ import tensorflow as tf
 
 from dibigan_tf.training.common import Stage, TrainingError
 from dibigan_tf.training.loops import run_phase
-from tests.support import ROOT, TINY_KILLABLE, latest_step as _latest_step
+from tests.support import TINY_KILLABLE, latest_step as _latest_step, train_command
 
 
 def _toy_stage(tmp_path):
@@ -47,11 +46,11 @@ def test_nan_stops_the_phase_naming_it_and_keeps_the_last_good_checkpoint(tmp_pa
 
 
 def _command(tmp_path, stage, *extra):
-    return [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
-            f"--checkpoint_dir={tmp_path}", "--run_name=crash",
-            f"--stage={stage}"] + TINY_KILLABLE + [
-            "--augment_copies=0", "--student_epochs=4", "--flow_epochs=4",
-            "--eval_positive_pairs=100", "--eval_negative_pairs=100"] + list(extra)
+    return train_command([f"--checkpoint_dir={tmp_path}", "--run_name=crash",
+                          f"--stage={stage}"] + TINY_KILLABLE + [
+                          "--augment_copies=0", "--student_epochs=4", "--flow_epochs=4",
+                          "--eval_positive_pairs=100", "--eval_negative_pairs=100"] + list(extra),
+                         flagfile=None)
 
 
 def _kill_and_resume(tmp_path, stage_flag, stage_dir, expected_steps):

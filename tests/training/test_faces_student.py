@@ -4,12 +4,10 @@ the blackbox behind the shared feature store (each image queried once across run
 held-out people measured, an LFW pairs file honoured."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.support import ROOT, write_people as _write_people
+from tests.support import run_train, write_people as _write_people
 
 pytest.importorskip("dlib", reason="dlib-bin is not installed (pip install -e '.[faces]')")
 pytest.importorskip("face_recognition_models", reason="face_recognition_models not installed")
@@ -19,15 +17,12 @@ pytest.importorskip("face_recognition_models", reason="face_recognition_models n
 
 
 def _run(tmp_path, data, *extra):
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
-           f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'lfw_student_dlib.flags')}",
-           f"--checkpoint_dir={tmp_path / 'ck'}", f"--data_dir={data}",
+    return run_train([f"--checkpoint_dir={tmp_path / 'ck'}", f"--data_dir={data}",
            f"--pairs={data / 'pairs.txt'}", "--align_size=96", "--image_size=32",
            "--student_depth=small", "--student_width=8", "--student_epochs=2",
            "--student_batch_size=8", "--heldout_fraction=0.34", "--seed=3",
-           "--eval_positive_pairs=10", "--eval_negative_pairs=10"] + list(extra)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+           "--eval_positive_pairs=10", "--eval_negative_pairs=10"] + list(extra),
+                     "lfw_student_dlib.flags", timeout=600)
 
 
 def test_student_stage_on_faces_with_dlib(tmp_path):

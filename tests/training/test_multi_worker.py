@@ -93,11 +93,9 @@ def test_one_step_on_two_workers_equals_the_single_device_step(tmp_path):
 
 
 def _train(tmp_path, index, ports, log):
-    from tests.support import TINY_KILLABLE
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
-           f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'digits_blackbox.flags')}",
-           f"--checkpoint_dir={tmp_path / f'worker{index}'}", "--run_name=tiny",
-           "--strategy=multi_worker"] + TINY_KILLABLE
+    from tests.support import TINY_KILLABLE, train_command
+    cmd = train_command([f"--checkpoint_dir={tmp_path / f'worker{index}'}", "--run_name=tiny",
+                         "--strategy=multi_worker"] + TINY_KILLABLE)
     env = dict(os.environ, TF_CONFIG=tf_config(ports, index), PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 

@@ -7,17 +7,14 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 
-from tests.support import ROOT, TINY_KILLABLE, copy_stages, latest_step as _latest_step
+from tests.support import TINY_KILLABLE, copy_stages, latest_step as _latest_step, train_command
 
 
 def _command(tmp_path):
-    return [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
-            f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'digits_blackbox.flags')}",
-            f"--checkpoint_dir={tmp_path}", "--run_name=tiny"] + TINY_KILLABLE
+    return train_command([f"--checkpoint_dir={tmp_path}", "--run_name=tiny"] + TINY_KILLABLE)
 
 
 def test_sigkill_in_gan_stage_resumes_from_last_checkpoint(tmp_path, tiny_base):

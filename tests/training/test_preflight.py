@@ -5,8 +5,6 @@ a secret in a URL never reaches config.json or the output."""
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from dibigan_tf.data.base import ImageSet
 from dibigan_tf.training import datasets, rundir
 from dibigan_tf.training.common import TrainingError
 from dibigan_tf.training.gan import GanConfig
-from tests.support import ROOT, TINY
+from tests.support import TINY, run_train
 
 
 def _cfg(**kwargs):
@@ -93,10 +91,8 @@ def test_a_new_split_replaces_the_old_one_until_a_stage_trained_on_it(tmp_path):
 
 
 def _train(tmp_path, *extra, env=None):
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
-           f"--checkpoint_dir={tmp_path}", "--run_name=pre"] + TINY + list(extra)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+    return run_train([f"--checkpoint_dir={tmp_path}", "--run_name=pre"] + TINY + list(extra),
+                     flagfile=None, timeout=300, env=env)
 
 
 def test_train_py_prints_an_error_once_before_writing_anything(tmp_path):
@@ -118,13 +114,11 @@ def test_a_header_secret_reaches_the_service_and_nothing_else(tmp_path, serve):
     config.json, the output and the store key never show it."""
     secret = "k3y-from-the-environment-987"
     url, log = serve(require_key=secret)        # 401 without the key
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
-           f"--checkpoint_dir={tmp_path}", "--run_name=web", "--stage=features",
-           "--matcher=http", f"--matcher_url={url}", "--matcher_embedding_dim=3",
-           "--matcher_header=X-Api-Key:env:TEST_MATCHER_SECRET",
-           "--max_train_images=40", "--holdout_per_class=2"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, PYTHONUNBUFFERED="1", TEST_MATCHER_SECRET=secret))
+    run = run_train([f"--checkpoint_dir={tmp_path}", "--run_name=web", "--stage=features",
+                     "--matcher=http", f"--matcher_url={url}", "--matcher_embedding_dim=3",
+                     "--matcher_header=X-Api-Key:env:TEST_MATCHER_SECRET",
+                     "--max_train_images=40", "--holdout_per_class=2"],
+                    flagfile=None, timeout=300, env={"TEST_MATCHER_SECRET": secret})
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert sum(log) == 60
     config = (tmp_path / "web" / "config.json").read_text()

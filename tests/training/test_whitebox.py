@@ -1,8 +1,5 @@
 """Whitebox mode: the matcher F itself, differentiated, in the place of F^S (section 3.3)."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +9,7 @@ from dibigan_tf.matchers.base import MatcherError, WhiteboxNetwork
 from dibigan_tf.matchers.lenet import LeNetMatcher
 from dibigan_tf.matchers.lenet import build_lenet
 from tests.support import CountingMatcher
-from tests.support import ROOT, TINY, TINY_GAN_FLAGS, copy_stages
+from tests.support import TINY, TINY_GAN_FLAGS, copy_stages, run_train
 
 
 def test_whitebox_network_gives_lenet_taps_and_gradients_through_the_resize():
@@ -55,12 +52,8 @@ def test_whitebox_refuses_a_blackbox_and_a_channel_mismatch():
 def test_whitebox_run_trains_no_student(tmp_path, tiny_base):
     # the session's shared matcher, store and H (tests/conftest.py), loaded as finished stages
     copy_stages(tiny_base, tmp_path / "wb", ["matcher", "features", "flow", "split.json"])
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
-           f"--flagfile={os.path.join(ROOT, 'experiments', 'flagfiles', 'digits_whitebox.flags')}",
-           f"--checkpoint_dir={tmp_path}", "--run_name=wb"] + TINY + TINY_GAN_FLAGS + [
-           "--augment_copies=0"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    run = run_train([f"--checkpoint_dir={tmp_path}", "--run_name=wb"] + TINY + TINY_GAN_FLAGS
+                    + ["--augment_copies=0"], "digits_whitebox.flags", timeout=600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert not (tmp_path / "wb" / "student").exists()
     report = json.loads((tmp_path / "wb" / "report" / "metrics.json").read_text())
