@@ -232,6 +232,12 @@ class RunConfig:
                               "the paper's figures; 0: the dataset's own).", group=_FACES)
     heldout_fraction: float = setting(0.25, "faces: share of the people held out (no network "
                                       "trains on them).", group=_FACES)
+    tuning_split: bool = setting(False, "faces: tune without the held-out people: they are "
+                                 "set aside (used by nothing, the report included) and the "
+                                 "training people are split again, --heldout_fraction of them "
+                                 "becoming the tuning people the report measures. Final runs "
+                                 "leave it off and report on the held-out people.",
+                                 group=_FACES)
     align_multiple: str = setting("largest", "faces: which face of a photo with several.",
                                   choices=("largest", "central"), group=_FACES)
     align_none: str = setting("skip", "faces: a photo without a detected face is skipped (and "

@@ -308,7 +308,7 @@ def faces_from_cache(records, names, keys, cache, source: str, **extra_stats):
     return faces, stats
 
 
-def split_identities(labels: np.ndarray, heldout_fraction: float, seed: int):
+def split_identities(labels: np.ndarray, heldout_fraction: float, seed: int | str):
     """(train indices, held-out indices): a fixed share of the *people* is held out (never an
     image of a training person), by a seeded permutation of the identity indices."""
     identities = np.unique(labels)

@@ -37,6 +37,9 @@ def load_dataset(cfg: RunConfig, run_dir: str):
     else:
         data, _ = load_faces(cfg)
         train_idx, held_idx = split_identities(data.labels, cfg.heldout_fraction, cfg.data_seed)
+        if cfg.tuning_split:
+            train_idx, held_idx = tuning_split(data.labels, train_idx, cfg.heldout_fraction,
+                                               cfg.data_seed)
         names = data.paths
     if cfg.max_train_images:
         rng = np.random.default_rng(cfg.data_seed)
@@ -57,6 +60,15 @@ def load_dataset(cfg: RunConfig, run_dir: str):
     # Face identities are split whole: each side gets its own label range 0..K-1 (H's class
     # priors are over the training people only).
     return _relabel(data.subset(train_idx)), _relabel(data.subset(held_idx))
+
+
+def tuning_split(labels, train_idx, fraction: float, seed: int):
+    """(training indices, tuning indices) inside the training people of a split: the same
+    seeded split of people applied to them alone (its own seed), so that settings can be chosen
+    on people who are neither trained on nor the held-out people final figures are measured on.
+    """
+    inner_train, inner_tune = split_identities(labels[train_idx], fraction, f"tune-{seed}")
+    return train_idx[inner_train], train_idx[inner_tune]
 
 
 def _replace_split(cfg: RunConfig, run_dir: str, split_path: str):

@@ -144,3 +144,30 @@ def test_split_seed_keeps_the_held_out_images_and_pairs_while_the_seed_changes(t
         assert cfg.data_seed == (0 if name != "c" else 1)
     assert splits["a"] == splits["b"] and pairs["a"] == pairs["b"]
     assert splits["c"]["heldout"] != splits["a"]["heldout"] and pairs["c"] != pairs["a"]
+
+
+def test_tuning_split_sets_the_held_out_people_aside_and_splits_the_training_people(
+        tmp_path, monkeypatch):
+    from dibigan_tf.data.faces import FaceSet
+    people = [f"p{k:02d}" for k in range(40)]
+    labels = np.repeat(np.arange(40), 3)
+    faces = FaceSet(np.zeros((120, 4, 4, 3), np.uint8), labels, people,
+                    [f"{people[k]}/{i}.jpg" for i, k in enumerate(labels)])
+    monkeypatch.setattr(datasets, "load_faces", lambda cfg: (faces, {}))
+    names = {}
+    for tuning in (False, True):
+        run = tmp_path / f"tuning-{tuning}"
+        run.mkdir()
+        train, held = datasets.load_dataset(_cfg(dataset="faces", tuning_split=tuning), str(run))
+        names[tuning] = set(train.class_names), set(held.class_names)
+        split = json.loads((run / "split.json").read_text())
+        assert split == {"train": train.paths, "heldout": held.paths}
+    final_train, final_heldout = names[False]
+    tune_train, tune_people = names[True]
+    assert len(final_heldout) == 10 and len(tune_people) == round(30 * 0.25)
+    # no held-out person is trained on or tuned on; the tuning people are training people
+    assert not final_heldout & (tune_train | tune_people)
+    assert tune_people < final_train and tune_train | tune_people == final_train
+    assert not tune_train & tune_people
+    # the flag is in the CLI (generated from the config) and defaults to off
+    assert RunConfig().tuning_split is False
