@@ -69,8 +69,10 @@ def test_every_flagfile_builds_a_config():
             assert (c["matcher"], c["align"]) == ("dlib_keras", ["dlib", 150]), name
     # the LFW whitebox run is the blackbox one's twin: the same data, alignment, held-out
     # people, F, sizes and budget; only the mode and the run's name differ
-    whitebox, blackbox = (configs[f"experiments/flagfiles/lfw_{m}_dlib.flags"]["full"]
-                          for m in ("whitebox", "blackbox"))
-    differ = {k for k in set(whitebox) | set(blackbox) if whitebox.get(k) != blackbox.get(k)}
-    assert differ == {"mode", "run_name"}, differ
-    assert blackbox["matcher"]["name"] == "dlib_keras" and blackbox["mode"] == "blackbox"
+    for size in ("", "_32"):
+        whitebox, blackbox = (configs[f"experiments/flagfiles/lfw_{m}_dlib{size}.flags"]["full"]
+                              for m in ("whitebox", "blackbox"))
+        differ = {k for k in set(whitebox) | set(blackbox) if whitebox.get(k) != blackbox.get(k)}
+        assert differ == {"mode", "run_name"}, (size, differ)
+        assert blackbox["matcher"]["name"] == "dlib_keras" and blackbox["mode"] == "blackbox"
+        assert blackbox["image_size"] == (32 if size else 64)
