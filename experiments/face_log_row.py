@@ -22,9 +22,15 @@ import sys
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("runs", [], "Finished face run directories.")
-flags.DEFINE_string("change", "", "What the run changes (the row's second cell).")
-flags.DEFINE_string("evaluate_dir", "evaluate", "evaluate.py's --output_dir, relative to the run.")
+
+
+def define_flags():
+    """The script's flags, defined only when it runs (importing `log_row` defines none, so it
+    can sit beside other scripts' flags in one process)."""
+    flags.DEFINE_list("runs", [], "Finished face run directories.")
+    flags.DEFINE_string("change", "", "What the run changes (the row's second cell).")
+    flags.DEFINE_string("evaluate_dir", "evaluate", "evaluate.py's --output_dir, relative to "
+                        "the run.")
 
 HEADER = ("| run | change | F^S held-out: centred cosine / verification / TAR@1e-3 | "
           "time (F^S, H, G/D) | recon verification | type-I TAR@1e-3 (v mean / worst) | "
@@ -86,4 +92,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
