@@ -32,6 +32,7 @@ def define_flags():
     flags.DEFINE_string("evaluate_dir", "evaluate", "evaluate.py's --output_dir, relative to "
                         "the run.")
 
+
 HEADER = ("| run | change | F^S held-out: centred cosine / verification / TAR@1e-3 | "
           "time (F^S, H, G/D) | recon verification | type-I TAR@1e-3 (v mean / worst) | "
           "type-II | rank-1 | MS-SSIM recon | F cosine | v_variation |")

@@ -19,6 +19,9 @@ def check_config(cfg: RunConfig, stage: str = "all"):
     if dataset_of(cfg).people and not 0.0 < cfg.heldout_fraction < 1.0:
         raise TrainingError(f"--heldout_fraction={cfg.heldout_fraction}: must be between 0 and 1 "
                             f"(the share of the people held out)")
+    if cfg.tuning_split and not dataset_of(cfg).people:
+        raise TrainingError(f"--tuning_split: --dataset={cfg.dataset} has no people to set "
+                            f"aside (the split of people is for face datasets)")
     g = cfg.gan
     sizes = {"--student_batch_size": [cfg.student.batch_size],
              "--flow_batch_size": [cfg.flow.batch_size],

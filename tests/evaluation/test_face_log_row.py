@@ -36,7 +36,7 @@ def test_row_reads_each_measure_from_its_file(tmp_path):
         "student_cosine_heldout_centred": 0.4595, "student_verification_accuracy": 0.821,
         "student_tar_at_far_1e-03": 0.072})
     cells = face_log_row.log_row(str(run)).strip("| ").split(" | ")
-    assert cells[2] == "0.460 / 0.821 / 0.072"     # 0.4595 rounds half to even
+    assert cells[2] == "0.460 / 0.821 / 0.072"
     assert cells[5:9] == ["0.114 (0.111 / 0.062)", "0.046", "0.110", "0.307"]
     assert len(cells) == face_log_row.HEADER.count(" | ") + 1
 

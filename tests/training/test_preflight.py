@@ -27,6 +27,7 @@ def _cfg(**kwargs):
     (dict(dataset="faces", image_size=0, gan=dict(start_resolution=8, num_blocks=4)),
      r"G's last stage is 64x64 .* images are 150x150"),
     (dict(dataset="faces", heldout_fraction=1.5, image_size=32), "--heldout_fraction=1.5"),
+    (dict(tuning_split=True), "--tuning_split: --dataset=digits has no people"),
     (dict(dataset="faces", heldout_fraction=0.0, image_size=32), "--heldout_fraction=0.0"),
     (dict(gan=dict(batch_sizes=(16, 0, 8))), "--batch_sizes=16,0,8: batch sizes must be positive"),
     (dict(gan=dict(batch_sizes=(16, -4, 8))), "--batch_sizes=16,-4,8"),
@@ -169,5 +170,5 @@ def test_tuning_split_sets_the_held_out_people_aside_and_splits_the_training_peo
     assert not final_heldout & (tune_train | tune_people)
     assert tune_people < final_train and tune_train | tune_people == final_train
     assert not tune_train & tune_people
-    # the flag is in the CLI (generated from the config) and defaults to off
+    # off unless asked: a final run reports on the held-out people
     assert RunConfig().tuning_split is False
