@@ -83,6 +83,14 @@ class GanConfig:
         "samples of a c-dim diagonal Gaussian), 'spatial_full' (the same with the full c x c "
         "covariance), 'latent' (the whole latent as the mean of its identity's prior Gaussian; "
         "dibigan_tf/losses.py).", choices=BIJECT_READINGS)
+    # Extension beyond the paper (losses.diversity_sensitive): off at 0
+    diversity_weight: float = setting(0.0, "Extension, not in the paper: weight of the "
+                                      "diversity-sensitive term that rewards G for changing its "
+                                      "image with v (0: off; it follows L_recon's schedule "
+                                      "e^(R_M - R)).", lower_bound=0.0)
+    diversity_cap: float = setting(0.15, "Extension: the cap tau of the diversity-sensitive "
+                                   "term (mean absolute image change in [-1, 1] units per unit "
+                                   "of mean absolute change of v).", lower_bound=0.0)
     use_biject: bool = setting(True, "L_biject in Eq. 8.")
     use_distill: bool = setting(True, "L_distill in Eq. 8.")
     use_adv: bool = setting(True, "L_adv in Eq. 8.")

@@ -331,8 +331,28 @@ def critic_loss(real_scores, fake_scores, penalty, gp_weight=10.0, drift=0.001):
     return critic_wgan(real_scores, fake_scores, drift) + gp_weight * penalty
 
 
-#: the terms of Eq. 8, in the order they are summed
+def diversity_sensitive(fake_a, fake_b, v_a, v_b, cap):
+    """An extension of Eq. 8, not in the paper: the diversity-sensitive term of Yang et al.
+    ("Diversity-sensitive conditional GANs", ICLR 2019), -min(d(G(v_a, f), G(v_b, f)) /
+    d(v_a, v_b), cap) per example, with d the mean absolute difference (per pixel, per
+    dimension of v).
+
+    Why: section 3.4 has v model what the feature leaves open (pose, expression, lighting;
+    Figure 7), but L_recon pulls every draw of v towards the one real image of its feature and
+    D judges images one at a time, so nothing in Eq. 8 rewards G for using v and it learns to
+    ignore it. This term rewards a change of output per change of v, up to `cap` (beyond which it
+    is flat, so it cannot turn G into a noise generator). fake_a / fake_b: G's images for the
+    same features under two draws v_a / v_b. Returns [batch], <= 0.
+    """
+    n = tf.shape(fake_a)[0]
+    image_distance = tf.reduce_mean(tf.abs(tf.reshape(fake_a - fake_b, [n, -1])), axis=-1)
+    v_distance = tf.reduce_mean(tf.abs(v_a - v_b), axis=-1)
+    return -tf.minimum(image_distance / tf.maximum(v_distance, 1e-8), cap)
+
+
+#: the terms of Eq. 8, in the order they are summed; then the extensions beyond the paper
 GENERATOR_TERMS = ("adversarial", "recon", "distill", "biject")
+EXTENSION_TERMS = ("diversity",)
 
 
 def generator_loss(terms, weights):
@@ -340,14 +360,16 @@ def generator_loss(terms, weights):
     lambda_r L_recon.
 
     terms: the per-example losses that are on, by name (GENERATOR_TERMS: "biject", "distill",
-    "adversarial", "recon"); a term that is off is left out. weights: lambda of each name
-    (numbers or scalar tensors; section 3.4's exponential weighting gives them per stage).
+    "adversarial", "recon"; EXTENSION_TERMS: "diversity", `diversity_sensitive`); a term that
+    is off is left out. weights: lambda of each name (numbers or scalar tensors; section 3.4's
+    exponential weighting gives them per stage).
     """
-    unknown = set(terms) - set(GENERATOR_TERMS)
+    known = GENERATOR_TERMS + EXTENSION_TERMS
+    unknown = set(terms) - set(known)
     if unknown:
-        raise ValueError(f"unknown Eq. 8 terms {sorted(unknown)}; choose from {GENERATOR_TERMS}")
+        raise ValueError(f"unknown Eq. 8 terms {sorted(unknown)}; choose from {known}")
     total = None
-    for name in GENERATOR_TERMS:
+    for name in known:
         if name in terms:
             term = weights[name] * terms[name]
             total = term if total is None else total + term

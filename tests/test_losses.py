@@ -162,6 +162,25 @@ def test_generator_loss_eq8_is_the_weighted_sum_of_the_terms_present():
         losses.generator_loss({"pixels": terms["recon"]}, lambdas)
 
 
+def test_diversity_term_is_the_capped_image_change_per_change_of_v():
+    rng = np.random.default_rng(3)
+    fa = rng.uniform(-1, 1, (3, 4, 4, 3))
+    fb = rng.uniform(-1, 1, (3, 4, 4, 3))
+    fb[2] = fa[2] + 0.01                # a draw of v that barely changes the image
+    va, vb = rng.standard_normal((3, 8)), rng.standard_normal((3, 8))
+    ratio = (np.abs(fa - fb).reshape(3, -1).mean(-1) / np.abs(va - vb).mean(-1))
+    cap = 0.5 * (ratio[0] + ratio[2])   # caps example 0 (and 1 if larger), not example 2
+    assert ratio[2] < cap < ratio[0]
+    got = losses.diversity_sensitive(*(tf.constant(x, tf.float32) for x in (fa, fb, va, vb)),
+                                     cap=cap).numpy()
+    np.testing.assert_allclose(got, -np.minimum(ratio, cap), rtol=1e-5)
+    # an extension term Eq. 8 sums like the others, with its own weight
+    terms = {"recon": tf.constant([1.0, 2.0]), "diversity": tf.constant([-0.5, -0.1])}
+    np.testing.assert_allclose(
+        losses.generator_loss(terms, {"recon": 2.0, "diversity": 4.0}).numpy(),
+        [2.0 - 2.0, 4.0 - 0.4], rtol=1e-6)
+
+
 def test_critic_loss_eq9_and_flow_nll():
     real, fake, gp = tf.constant([1.0, -2.0]), tf.constant([0.5, 3.0]), tf.constant([0.1, 0.0])
     # D(fake) - D(real) + drift * D(real)^2 + gp_weight * gp

@@ -259,6 +259,15 @@ class GanTrainer:
                     out["biject"] = tf.reduce_sum(biject) / batch
                 lambdas = {"biject": weights[0], "distill": weights[1],
                            "adversarial": weights[2], "recon": cfg.recon_weight * weights[3]}
+                if cfg.diversity_weight > 0:
+                    # a second draw of v for the same features (losses.diversity_sensitive)
+                    v_other = data["noise_v_other"]
+                    fake_other = G(v_other, f, stage=stage, alpha=alpha, training=True)
+                    terms["diversity"] = losses.diversity_sensitive(
+                        tf.cast(fake, tf.float32), tf.cast(fake_other, tf.float32), v, v_other,
+                        cfg.diversity_cap)
+                    out["diversity"] = -tf.reduce_sum(terms["diversity"]) / batch
+                    lambdas["diversity"] = cfg.diversity_weight * weights[3]
                 total = losses.generator_loss(terms, lambdas)
                 g_loss = tf.nn.compute_average_loss(total, global_batch_size=batch)
                 g_scaled = precision.scale_loss(self.g_opt, g_loss)
@@ -276,11 +285,14 @@ class GanTrainer:
 
     def noise_spec(self) -> dict:
         """The random inputs of a G+D step, drawn per global batch in the input pipeline
-        (common.array_dataset): G's latent v, the gradient penalty's interpolation weights, and
-        the condition noise when --condition_noise > 0."""
+        (common.array_dataset): G's latent v, the gradient penalty's interpolation weights, the
+        condition noise when --condition_noise > 0 and a second v when --diversity_weight > 0."""
         spec = {"noise_v": ((self.cfg.latent_dim,), "normal"), "noise_eps": ((), "uniform")}
         if self.cfg.condition_noise > 0:
             spec["noise_condition"] = ((self.features.shape[1],), "normal")
+        if self.cfg.diversity_weight > 0:
+            # sorts after the others: their draws stay those of a run without the term
+            spec["noise_v_other"] = ((self.cfg.latent_dim,), "normal")
         return spec
 
     def with_noise(self, batch: dict, batch_number: int = 0, seed: int = 0) -> dict:

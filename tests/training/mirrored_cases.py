@@ -99,13 +99,15 @@ def four_device_case(out_dir, make_strategy, with_flow_step=True):
 
         # G+D: one fade-in step of the trainer's own step function (alpha blend, Eq. 9 with its
         # gradient penalty and minibatch stddev, Eq. 8 with F^S and H on the fakes, the EMA
-        # update), its v / eps / condition noise drawn in the input pipeline. SGD for the same
-        # reason as above (and SGD's update shows a gradient mis-scaled by the replica count).
+        # update, the diversity extension), its v / second v / eps / condition noise drawn in the
+        # input pipeline. SGD for the same reason as above (and SGD's update shows a gradient
+        # mis-scaled by the replica count).
         keras.utils.set_random_seed(0)
         cfg = GanConfig(start_resolution=8, num_blocks=2, g_channels=(8, 8), d_channels=(8, 8),
                         mapping_layers=2, mapping_dim=8, latent_dim=4, stable_images=(16, 16),
                         fade_images=(0, 16), batch_sizes=(16, 16), biject_margin=1.0,
-                        condition_noise=0.1, cache_real_targets=False, ema_kimg=0.01)
+                        condition_noise=0.1, diversity_weight=0.5, cache_real_targets=False,
+                        ema_kimg=0.01)
         trainer = GanTrainer(f"{out_dir}/{name}-gan", strategy, cfg, images, feats, labels,
                              student=student, flow=flow)
         with strategy.scope():
