@@ -69,10 +69,15 @@ def test_every_flagfile_builds_a_config():
             assert (c["matcher"], c["align"]) == ("dlib_keras", ["dlib", 150]), name
     # the LFW whitebox run is the blackbox one's twin: the same data, alignment, held-out
     # people, F, sizes and budget; only the mode and the run's name differ
-    for size in ("", "_32"):
+    for size in ("", "_32", "_128"):
         whitebox, blackbox = (configs[f"experiments/flagfiles/lfw_{m}_dlib{size}.flags"]["full"]
                               for m in ("whitebox", "blackbox"))
         differ = {k for k in set(whitebox) | set(blackbox) if whitebox.get(k) != blackbox.get(k)}
         assert differ == {"mode", "run_name"}, (size, differ)
         assert blackbox["matcher"]["name"] == "dlib_keras" and blackbox["mode"] == "blackbox"
-        assert blackbox["image_size"] == (32 if size else 64)
+        assert blackbox["image_size"] == {"": 64, "_32": 32, "_128": 128}[size]
+    # the longer recipe: the paper's five blocks and its batch rule (128 at 4x4, halved per
+    # doubling), not the 32x32 recipe's batch sizes it inherits and clears
+    long = configs["experiments/flagfiles/lfw_blackbox_dlib_128.flags"]["full"]["gan"]
+    assert long["num_blocks"] == 5 and long["batch_sizes"] is None, long
+    assert (long["base_batch_size"], long["base_batch_resolution"]) == (128, 4)
