@@ -17,13 +17,6 @@ import pytest
 from tests.support import TINY, TINY_GAN_FLAGS, copy_stages, run_train, server_embedding
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked `heavy` (ten seconds or more each) first: pytest-xdist hands tests out in
-    this order, so the long ones start early on every worker instead of one of them finishing
-    the run alone. The order within each group is kept."""
-    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
-
-
 class _Server(http.server.ThreadingHTTPServer):
     def handle_error(self, request, client_address):  # a client that timed out: not a test error
         pass

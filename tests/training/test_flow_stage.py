@@ -9,8 +9,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests.support import ROOT, TINY, TINY_GAN_FLAGS, copy_stages, run_train
 
 
@@ -19,7 +17,6 @@ def _run(tmp_path, *extra):
                      timeout=600)
 
 
-@pytest.mark.heavy
 def test_flow_stage_alone_then_loaded_by_a_run(tmp_path, tiny_flow, tiny_run):
     # H alone: the session's `h` (tests/conftest.py: tiny_flow, `train.py --stage=flow`)
     h_dir = tiny_flow
@@ -45,7 +42,6 @@ def test_flow_stage_alone_then_loaded_by_a_run(tmp_path, tiny_flow, tiny_run):
     assert abs(report["flow_bits_per_dim"] - metrics["flow_bits_per_dim"]) < 1e-4
 
 
-@pytest.mark.heavy
 def test_figure3_stage_on_a_finished_run(tmp_path, tiny_flow, tiny_run):
     # Figure 3 on a finished run: a second G without L_biject, both projected and compared
     # on two G seeds: the run's own G and its twin, then a second pair with another G seed.
@@ -86,7 +82,6 @@ def test_figure3_stage_on_a_finished_run(tmp_path, tiny_flow, tiny_run):
     assert extra_report_keys(str(tmp_path / "r" / "report"), str(tmp_path / "r")) == {}
 
 
-@pytest.mark.heavy
 def test_trained_generator_evaluate_and_export(tmp_path, tiny_run):
     """The trained G outside training: TrainedGenerator rebuilds G_ema from the run and gives the
     run's own reconstructions (same seed, same v), so F's cosine matches the report exactly."""

@@ -9,8 +9,6 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 
 from tests.support import TINY_KILLABLE, copy_stages, latest_step as _latest_step, train_command
 
@@ -19,7 +17,6 @@ def _command(tmp_path):
     return train_command([f"--checkpoint_dir={tmp_path}", "--run_name=tiny"] + TINY_KILLABLE)
 
 
-@pytest.mark.heavy
 def test_sigkill_in_gan_stage_resumes_from_last_checkpoint(tmp_path, tiny_base):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     run_dir = tmp_path / "tiny"

@@ -49,7 +49,6 @@ def test_whitebox_refuses_a_blackbox_and_a_channel_mismatch():
         WhiteboxNetwork(LeNetMatcher(build_lenet(feature_dim=4)), (32, 32, 3))
 
 
-@pytest.mark.heavy
 def test_whitebox_run_trains_no_student(tmp_path, tiny_base):
     # the session's shared matcher, store and H (tests/conftest.py), loaded as finished stages
     copy_stages(tiny_base, tmp_path / "wb", ["matcher", "features", "flow", "split.json"])
