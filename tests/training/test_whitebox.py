@@ -53,12 +53,17 @@ def test_whitebox_run_trains_no_student(tmp_path, tiny_base):
     # the session's shared matcher, store and H (tests/conftest.py), loaded as finished stages
     copy_stages(tiny_base, tmp_path / "wb", ["matcher", "features", "flow", "split.json"])
     run = run_train([f"--checkpoint_dir={tmp_path}", "--run_name=wb"] + TINY + TINY_GAN_FLAGS
-                    + ["--augment_copies=0"], "digits_whitebox.flags", timeout=600)
+                    + ["--augment_copies=1", "--augment_stages=student"], "digits_whitebox.flags",
+                    timeout=600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert not (tmp_path / "wb" / "student").exists()
     report = json.loads((tmp_path / "wb" / "report" / "metrics.json").read_text())
     assert report["mode"] == "whitebox" and report["seconds"]["student"] == 0.0
     assert 0.0 <= report["recon_class_agreement"] <= 1.0
+    # copies meant for F^S alone are not sent to F when no F^S trains
+    split = json.loads((tmp_path / "wb" / "split.json").read_text())
+    assert report["blackbox_queries_training_images"] == \
+        len(split["train"]) + len(split["heldout"]), (report, {k: len(v) for k, v in split.items()})
     # L_distill was computed through F: its scalars are in the GAN's TensorBoard log
     tags = set()
     for path in (tmp_path / "wb" / "gan" / "tb").glob("events*"):
