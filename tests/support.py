@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 from dibigan_tf.data.align import AlignResult
@@ -157,6 +158,20 @@ class MeanAligner:
 TINY_GAN = dict(start_resolution=8, num_blocks=2, g_channels=(4, 4), d_channels=(4, 4),
                 mapping_layers=2, mapping_dim=8, latent_dim=4, stable_images=(32, 32),
                 fade_images=(0, 32), batch_sizes=(16, 16))
+
+
+def tiny_gan_batch(trainer, images, feats, labels, batch_number=0, n=16):
+    """The first `n` examples as one G+D step's batch, with the step noise the input pipeline
+    would draw for batch `batch_number` (GanTrainer.with_noise)."""
+    return trainer.with_noise({"images": tf.constant(images[:n]),
+                               "features": tf.constant(feats[:n]),
+                               "labels": tf.constant(labels[:n].astype(np.int64))},
+                              batch_number)
+
+
+def stable_phase(trainer, stage=1):
+    """The stable (not fading-in) phase of block `stage` of the trainer's schedule."""
+    return [p for p in trainer.schedule.phases() if not p.fade and p.stage == stage][0]
 
 
 def tiny_gan_data(seed=0):

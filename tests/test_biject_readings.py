@@ -5,7 +5,7 @@ import scipy.linalg
 import tensorflow as tf
 
 from dibigan_tf import losses
-from tests.support import TINY_GAN, tiny_gan_data
+from tests.support import TINY_GAN, stable_phase, tiny_gan_batch, tiny_gan_data
 
 
 def _stats_reference(z, reading):
@@ -155,13 +155,10 @@ def test_a_gan_step_trains_under_each_reading(tmp_path, reading):
                          prior=prior)
     assert (trainer.prior_table is not None) == (reading == "latent")
     assert trainer.margin > 0
-    stable = [p for p in trainer.schedule.phases() if not p.fade and p.stage == 1][0]
-    idx = np.arange(16)
-    batch = trainer.with_noise({"images": tf.constant(images[idx]),
-                                "features": tf.constant(feats[idx]),
-                                "labels": tf.constant(labels[idx].astype(np.int64))})
+    stable = stable_phase(trainer)
+    batch = tiny_gan_batch(trainer, images, feats, labels)
     targets = trainer.real_targets(stable.resolution, batch_size=16)
-    batch.update({k: tf.constant(v[idx]) for k, v in targets.items()})
+    batch.update({k: tf.constant(v[:16]) for k, v in targets.items()})
     before = [w.numpy().copy() for w in trainer.generator.trainable_weights]
     out = trainer.make_step(stable)(batch, *trainer.step_args(stable.start_image))
     assert np.isfinite(float(out["biject"])) and float(out["biject"]) > 0

@@ -148,12 +148,14 @@ def load_faces(cfg: RunConfig):
 
 
 def augment_stages(cfg: RunConfig) -> set:
+    """The stages of this run that train on the affine copies (--augment_stages): a whitebox run
+    trains no F^S, so "student" is dropped there and its copies are never sent to F."""
     names = {n.strip() for n in cfg.augment_stages.split(",") if n.strip()}
     unknown = names - {"student", "flow", "gan"}
     if unknown:
         raise TrainingError(f"--augment_stages: unknown stage(s) {sorted(unknown)}; choose from "
                             f"student, flow, gan")
-    return names
+    return names - {"student"} if cfg.mode == "whitebox" else names
 
 
 def attack_images(cfg: RunConfig, train):

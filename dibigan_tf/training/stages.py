@@ -148,8 +148,6 @@ def features_stage(cfg: RunConfig, run_dir, strategy, loop_kwargs,
     train = resized(cfg, train)
     heldout = resized(cfg, heldout)
     uses = augment_stages(cfg)
-    if cfg.mode == "whitebox":   # no F^S trains: its copies would be queried for nothing
-        uses = uses - {"student"}
     attack = attack_images(cfg, train)
     attack_features = train_features
     if len(attack) > len(train) and uses & {"student", "gan"}:   # H needs no features

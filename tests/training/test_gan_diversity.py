@@ -9,7 +9,7 @@ import tensorflow as tf
 from dibigan_tf.keras_compat import keras
 from dibigan_tf.training.common import make_strategy
 from dibigan_tf.training.gan import GanConfig, GanTrainer
-from tests.support import TINY_GAN, tiny_gan_data
+from tests.support import TINY_GAN, stable_phase, tiny_gan_batch, tiny_gan_data
 
 
 def _v_spread(trainer, feats, stage):
@@ -36,16 +36,12 @@ def test_diversity_term_makes_g_use_v(tmp_path):
         trainer = GanTrainer(str(tmp_path / name), make_strategy("default"), cfg, images,
                              feats, labels)
         assert ("noise_v_other" in trainer.noise_spec()) == (weight > 0)
-        stable = [p for p in trainer.schedule.phases() if not p.fade and p.stage == 1][0]
+        stable = stable_phase(trainer)
         step = trainer.make_step(stable)
         before = _v_spread(trainer, feats, stable.stage)
-        idx = np.arange(16)
         for k in range(15):
-            batch = trainer.with_noise({"images": tf.constant(images[idx]),
-                                        "features": tf.constant(feats[idx]),
-                                        "labels": tf.constant(labels[idx].astype(np.int64))},
-                                       batch_number=k)
-            out = step(batch, *trainer.step_args(stable.start_image))
+            out = step(tiny_gan_batch(trainer, images, feats, labels, k),
+                       *trainer.step_args(stable.start_image))
         spreads[name] = _v_spread(trainer, feats, stable.stage) / before
         reported[name] = {k: float(v) for k, v in out.items()}
     assert "diversity" not in reported["off"]
@@ -60,11 +56,8 @@ def test_diversity_report_is_the_capped_ratio(tmp_path):
     cfg = GanConfig(**dict(TINY_GAN, use_biject=False, use_distill=False, use_adv=False,
                            diversity_weight=1.0, diversity_cap=1e-6))
     trainer = GanTrainer(str(tmp_path), make_strategy("default"), cfg, images, feats, labels)
-    stable = [p for p in trainer.schedule.phases() if not p.fade and p.stage == 1][0]
-    idx = np.arange(16)
-    batch = trainer.with_noise({"images": tf.constant(images[idx]),
-                                "features": tf.constant(feats[idx]),
-                                "labels": tf.constant(labels[idx].astype(np.int64))})
-    out = trainer.make_step(stable)(batch, *trainer.step_args(stable.start_image))
+    stable = stable_phase(trainer)
+    out = trainer.make_step(stable)(tiny_gan_batch(trainer, images, feats, labels),
+                                    *trainer.step_args(stable.start_image))
     # every example's ratio is above a cap this small: the report is the cap itself
     np.testing.assert_allclose(float(out["diversity"]), 1e-6, rtol=1e-4)

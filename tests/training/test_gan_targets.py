@@ -10,7 +10,7 @@ from dibigan_tf.training.common import make_strategy
 from dibigan_tf.training.flow import make_flow
 from dibigan_tf.training.gan import GanConfig, GanTrainer
 from dibigan_tf.training.student import make_student
-from tests.support import TINY_GAN, tiny_gan_data
+from tests.support import TINY_GAN, stable_phase, tiny_gan_batch, tiny_gan_data
 
 
 def test_cached_real_targets_give_the_same_step(tmp_path):
@@ -24,7 +24,7 @@ def test_cached_real_targets_give_the_same_step(tmp_path):
     trainer = GanTrainer(str(tmp_path), strategy, cfg, images, feats, labels, student=student,
                          flow=flow)
     phases = list(trainer.schedule.phases())
-    stable = [p for p in phases if not p.fade and p.stage == 1][0]
+    stable = stable_phase(trainer)
     assert trainer.uses_cached_targets(stable)
     assert not trainer.uses_cached_targets([p for p in phases if p.fade][0])
 
@@ -34,11 +34,8 @@ def test_cached_real_targets_give_the_same_step(tmp_path):
                                      + ["target_flow"])
     assert all(len(v) == 32 for v in targets.values())
 
-    idx = np.arange(16)
-    batch = trainer.with_noise({"images": tf.constant(images[idx]),
-                                "features": tf.constant(feats[idx]),
-                                "labels": tf.constant(labels[idx].astype(np.int64))})
-    cached_batch = dict(batch, **{k: tf.constant(v[idx]) for k, v in targets.items()})
+    batch = tiny_gan_batch(trainer, images, feats, labels)
+    cached_batch = dict(batch, **{k: tf.constant(v[:16]) for k, v in targets.items()})
     args = trainer.step_args(stable.start_image)
     ckpt = tf.train.Checkpoint(g=trainer.generator, d=trainer.discriminator,
                                e=trainer.ema, go=trainer.g_opt, do=trainer.d_opt)

@@ -14,6 +14,7 @@ from dibigan_tf.training.flow import make_flow
 from dibigan_tf.training.gan import GanConfig, GanTrainer
 from dibigan_tf.training.rundir import open_run
 from dibigan_tf.training.student import train_student
+from tests.support import tiny_gan_batch
 
 
 def _tiny_trainer(tmp_path, policy):
@@ -60,10 +61,8 @@ def test_gan_and_student_train_in_half_precision(tmp_path, policy, half):
     for phase in [p for p in trainer.schedule.phases() if p.stage == 1]:
         step = trainer.make_step(phase)
         for k in range(8):
-            batch = trainer.with_noise({"images": tf.constant(images[:16]),
-                                        "features": tf.constant(feats[:16]),
-                                        "labels": tf.constant(labels[:16].astype(np.int64))}, k)
-            out = step(batch, *trainer.step_args(phase.start_image))
+            out = step(tiny_gan_batch(trainer, images, feats, labels, k),
+                       *trainer.step_args(phase.start_image))
             for key, value in out.items():
                 assert value.dtype == tf.float32 and np.isfinite(value.numpy()), (key, value)
         assert step.trace_counter["traces"] == 1
