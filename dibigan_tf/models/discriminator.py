@@ -30,7 +30,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from dibigan_tf.keras_compat import keras
-from dibigan_tf.models.generator import ProgressiveStages, _check_stage, default_channels
+from dibigan_tf.models.generator import ProgressiveStages, _check_stage
 from dibigan_tf.models.layers import (
     Downsample2x,
     EqualizedConv2D,
@@ -122,13 +122,7 @@ class ProgressiveDiscriminator(ProgressiveStages, keras.Model):
                  image_channels=3, mbstd_group_size=4, **kwargs):
         kwargs.setdefault("name", "progressive_discriminator")
         super().__init__(**kwargs)
-        if num_blocks < 1:
-            raise ValueError("num_blocks must be >= 1")
-        if channels is None:
-            channels = default_channels(num_blocks)
-        channels = tuple(int(c) for c in channels)
-        if len(channels) != num_blocks:
-            raise ValueError(f"channels must have one entry per block ({num_blocks}), got {channels}")
+        channels = self._block_channels(num_blocks, channels)
         self.start_resolution = int(start_resolution)
         self.num_blocks = int(num_blocks)
         self.channels = channels

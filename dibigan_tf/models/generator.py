@@ -222,6 +222,19 @@ class ProgressiveStages:
         """G's output and D's input resolution at ``stage``: ``start_resolution * 2**stage``."""
         return self.start_resolution * 2 ** int(stage)
 
+    @staticmethod
+    def _block_channels(num_blocks: int, channels: Sequence[int] | None) -> tuple[int, ...]:
+        """The feature maps of each of ``num_blocks`` blocks: ``channels`` checked, or
+        ``default_channels(num_blocks)``."""
+        if num_blocks < 1:
+            raise ValueError("num_blocks must be >= 1")
+        if channels is None:
+            channels = default_channels(num_blocks)
+        channels = tuple(int(c) for c in channels)
+        if len(channels) != num_blocks:
+            raise ValueError(f"channels must have one entry per block ({num_blocks}), got {channels}")
+        return channels
+
 
 class _ProgressiveSynthesisBase(ProgressiveStages, keras.Model):
     """Shared progressive synthesis machinery (blocks, to-RGB layers, fade-in, helpers)."""
@@ -231,13 +244,7 @@ class _ProgressiveSynthesisBase(ProgressiveStages, keras.Model):
     def __init__(self, feature_dim, latent_dim=128, start_resolution=4, num_blocks=5,
                  channels: Sequence[int] | None = None, image_channels=3, **kwargs):
         super().__init__(**kwargs)
-        if num_blocks < 1:
-            raise ValueError("num_blocks must be >= 1")
-        if channels is None:
-            channels = default_channels(num_blocks)
-        channels = tuple(int(c) for c in channels)
-        if len(channels) != num_blocks:
-            raise ValueError(f"channels must have one entry per block ({num_blocks}), got {channels}")
+        channels = self._block_channels(num_blocks, channels)
         self.feature_dim = int(feature_dim)
         self.latent_dim = int(latent_dim)
         self.start_resolution = int(start_resolution)
