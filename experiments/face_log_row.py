@@ -11,7 +11,8 @@ what the face recipe is judged on, read from the run's report and from `evaluate
 Columns: F^S on the held-out people (centred cosine, verification, TAR at FAR 1e-3; from
 `<run>/student/metrics.json` when `--stage=student` wrote it), the stages' training seconds,
 reconstruction verification on the report's balanced pairs, type-I attack TAR at FAR 1e-3 with
-its mean and worst over the draws of v, type-II, rank-1 (the report's class agreement), MS-SSIM of
+its mean and worst over the draws of v, type-II, rank-1 (evaluate.py's `recon_rank1`, else the
+report's `recon_class_agreement`: the same rule over the report's images), MS-SSIM of
 reconstructions of different people (PGGAN definition), the mean cosine of F(reconstruction) to
 F(input), and v_variation. A missing measure is "-", never a guess.
 """
@@ -72,7 +73,7 @@ def log_row(run_dir: str, change: str = "", evaluate_dir: str = "evaluate") -> s
              ", ".join(_seconds(seconds.get(k)) for k in ("student", "flow", "gan")),
              _num(report.get("recon_verification_accuracy")), type1_cell,
              _num(attack.get("attack_type2_tar_at_far_1e-03")),
-             _num(report.get("recon_class_agreement")),
+             _num(attack.get("recon_rank1", report.get("recon_class_agreement"))),
              _num(attack.get("ms_ssim_pggan_recon")),
              _num(report.get("feature_cosine_mean")),
              _num(report.get("v_variation"))]

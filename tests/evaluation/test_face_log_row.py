@@ -31,13 +31,14 @@ def test_row_reads_each_measure_from_its_file(tmp_path):
     _write(run / "evaluate" / "metrics.json", {
         "attack_type1_tar_at_far_1e-03": 0.11422, "attack_type1_tar_at_far_1e-03_v_mean": 0.1113,
         "attack_type1_tar_at_far_1e-03_v_worst": 0.0625, "attack_type2_tar_at_far_1e-03": 0.04559,
-        "ms_ssim_pggan_recon": 0.30682})
+        "ms_ssim_pggan_recon": 0.30682, "recon_rank1": 0.12345})
     _write(run / "student" / "metrics.json", {
         "student_cosine_heldout_centred": 0.4595, "student_verification_accuracy": 0.821,
         "student_tar_at_far_1e-03": 0.072})
     cells = face_log_row.log_row(str(run)).strip("| ").split(" | ")
     assert cells[2] == "0.460 / 0.821 / 0.072"
-    assert cells[5:9] == ["0.114 (0.111 / 0.062)", "0.046", "0.110", "0.307"]
+    # rank-1: evaluate.py's recon_rank1 where there is one, else the report's class agreement
+    assert cells[5:9] == ["0.114 (0.111 / 0.062)", "0.046", "0.123", "0.307"]
     assert len(cells) == face_log_row.HEADER.count(" | ") + 1
 
 
