@@ -9,9 +9,7 @@ TRAIN_ARGS := $(if $(DATA_DIR),--data_dir=$(DATA_DIR)) $(if $(MATCHER),--matcher
               $(if $(RUN),--run_name=$(RUN)) $(ARGS)
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): most tests leave a core idle (subprocess start-up, imports).
-# loadgroup: the tests on the tiny run's shared stages stay on one worker (tests/conftest.py).
 TEST_WORKERS ?= 2
-TEST_DIST ?= loadgroup
 
 .PHONY: help venv evaluate train-blackbox train-student train-flow figure3 figure3-sweep ablation-digits test test-all bench tensorboard clean-venv
 
@@ -66,10 +64,10 @@ evaluate: venv
 	$(PY) experiments/evaluate.py $(EVAL_ARGS)
 
 test: venv
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist=$(TEST_DIST) -m "not slow" --durations=15 $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" --durations=15 $(PYTEST_ARGS) tests
 
 test-all: venv
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist=$(TEST_DIST) $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS) tests
 
 bench: venv
 	$(PY) experiments/bench.py --out=checkpoints/bench.json $(ARGS)

@@ -17,24 +17,6 @@ import pytest
 from tests.support import TINY, TINY_GAN_FLAGS, copy_stages, run_train, server_embedding
 
 
-SHARED_STAGES = {"tiny_flow", "tiny_base", "tiny_run"}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """The order pytest-xdist hands tests out (`make test` runs `--dist=loadgroup`):
-    - every test that needs the tiny run's shared stages in one group (`xdist_group`), so that
-      one worker builds them and runs those tests while the other never waits on their lock;
-      the group, the largest unit, goes first;
-    - then the tests marked `heavy` (ten seconds or more each), so that the run ends on short
-      tests both workers share instead of one worker's long test. The order is otherwise kept.
-    (tryfirst: the group mark must be in place before pytest-xdist's own hook reads it.)"""
-    for item in items:
-        if SHARED_STAGES & set(item.fixturenames):
-            item.add_marker(pytest.mark.xdist_group("tiny_stages"))
-    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
-
-
 class _Server(http.server.ThreadingHTTPServer):
     def handle_error(self, request, client_address):  # a client that timed out: not a test error
         pass

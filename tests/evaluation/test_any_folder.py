@@ -65,7 +65,6 @@ def _script(name, *args):
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
-@pytest.mark.heavy
 def test_make_pairs_and_evaluate_on_orl_and_png_folders(tmp_path, serve):
     root = _mixed_folder(tmp_path / "data")
     pairs = tmp_path / "pairs.txt"

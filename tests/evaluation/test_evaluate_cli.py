@@ -21,7 +21,6 @@ def _run(*args):
                           text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
-@pytest.mark.heavy
 def test_lfw_folder_and_pairs_with_dlib(tmp_path):
     pytest.importorskip("dlib", reason="dlib-bin is not installed")
     pytest.importorskip("skimage.data", reason="scikit-image ships the face photo")
@@ -86,7 +85,6 @@ class _Exploit:
         return (os.system, (f"touch {self.target}",))
 
 
-@pytest.mark.heavy
 def test_bin_pairs_with_a_keras_matcher_and_a_malicious_bin(tmp_path):
     from dibigan_tf.keras_compat import keras
     rng = np.random.default_rng(0)

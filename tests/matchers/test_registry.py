@@ -50,7 +50,6 @@ def test_registry_passes_the_settings_through(tmp_path):
     assert d.input_shape == (96, 96, 3) and d.chip == "landmarks"
 
 
-@pytest.mark.heavy
 def test_features_stage_through_an_http_matcher(tmp_path, serve):
     url, log = serve()
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),

@@ -5,12 +5,9 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests.support import ROOT, TINY, TINY_GAN_FLAGS
 
 
-@pytest.mark.heavy
 def test_ablation_rows_share_stages_and_fill_the_table(tmp_path):
     extra = " ".join(t for t in TINY if not t.startswith("--augment"))
     # the driver, not the training: one G phase, F trained for one epoch

@@ -10,7 +10,6 @@ pytest.importorskip("dlib", reason="dlib-bin is not installed")
 astronaut = pytest.importorskip("tests.matchers.test_dlib").astronaut
 
 
-@pytest.mark.heavy
 def test_celeba_alignment_stage(tmp_path):
     root = tmp_path / "celeba"
     (root / "images").mkdir(parents=True)

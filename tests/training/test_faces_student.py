@@ -25,7 +25,6 @@ def _run(tmp_path, data, *extra):
                      "lfw_student_dlib.flags", timeout=600)
 
 
-@pytest.mark.heavy
 def test_student_stage_on_faces_with_dlib(tmp_path):
     data = tmp_path / "people"
     _write_people(data)

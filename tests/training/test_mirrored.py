@@ -13,8 +13,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 from tests.support import ROOT
 
 
@@ -41,7 +39,6 @@ def _case(tmp_path, devices, call):
     return json.loads(line[len("RESULTS "):])
 
 
-@pytest.mark.heavy
 def test_every_trainable_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
     r = _case(tmp_path, 2, "two_device_case(out_dir, make_strategy)")
     assert r["replicas"] == 2
@@ -73,7 +70,6 @@ MULTI_WORKER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.heavy
 def test_multi_worker_strategy_without_tf_config_is_one_local_worker(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     proc = subprocess.run([sys.executable, "-c", MULTI_WORKER, str(tmp_path)],
@@ -86,7 +82,6 @@ def test_multi_worker_strategy_without_tf_config_is_one_local_worker(tmp_path):
     np.testing.assert_allclose(r["multi_worker"], r["default"], rtol=2e-4, atol=2e-4)
 
 
-@pytest.mark.heavy
 def test_one_step_on_four_logical_devices_equals_the_default_strategy(tmp_path):
     r = _case(tmp_path, 4, "four_device_case(out_dir, make_strategy)")
     assert r["replicas"] == 4 and r["steps"] == 1 and r["count"] > 20

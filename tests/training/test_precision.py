@@ -38,7 +38,6 @@ def _tiny_trainer(tmp_path, policy):
 
 # bfloat16 runs the same code path without the loss scale (its layers are checked by
 # test_policy_scope_restores_and_refuses_unknown_names below), so it is left to `make test-all`
-@pytest.mark.heavy
 @pytest.mark.parametrize("policy,half", [
     ("mixed_float16", tf.float16),
     pytest.param("mixed_bfloat16", tf.bfloat16, marks=pytest.mark.slow)])
