@@ -21,8 +21,8 @@ different-people pairs (reconstructions and real; `ms_ssim_pggan_*`: the PGGAN r
 seeded random pairs of different people), v_variation (how much G's random input v changes the
 image against how much the feature does, and type-I TAR at FAR 0.1% for each of 8 draws of v, over
 64 features seeded by --seed), rank-1 identification of each reconstruction among the pairs
-file's people (`recon_rank1`; `real_rank1` for the photos themselves; LFW pairs files only) and,
-with --inception_weights, the Inception Score.
+file's people (`recon_rank1`; `real_rank1`, for the photos themselves, is there without
+--generator too; LFW pairs files only) and, with --inception_weights, the Inception Score.
 Writes <output_dir>/metrics.json (the training report's keys where they mean the same) and
 <output_dir>/reconstructions.png.
 """
@@ -218,6 +218,13 @@ def evaluate():
                "fold_layout": real["fold_layout"], "num_folds": real["num_folds"]}
     metrics.update(ver.metrics_json_keys(real, "real_"))
     metrics.update({f"align_{k}": v for k, v in stats.items() if not isinstance(v, dict)})
+    # rank-1 identification among the pairs file's people: each image's nearest person by
+    # cosine to the mean of that person's real features (the run report's recon_class_agreement
+    # for face runs); a .bin names no people
+    people = None if FLAGS.pairs.endswith(".bin") else np.asarray(names)
+    if people is not None:
+        metrics["real_rank1"] = ver.nearest_centroid_agreement(feats, people, feats, people)
+        metrics["rank1_people"] = int(len(set(names)))
     different = ~same
     k = min(FLAGS.ms_ssim_pairs, int(different.sum()))
     if FLAGS.generator:
@@ -237,15 +244,9 @@ def evaluate():
         metrics["feature_cosine_mean"] = float(np.mean(ver.cosine_similarity_rows(recon_feats,
                                                                                   feats)))
         metrics.update(attack_success(feats, recon_feats, idx_a, idx_b, same))
-        if not FLAGS.pairs.endswith(".bin"):
-            # rank-1 identification among the pairs file's people: each image's nearest person
-            # by cosine to the mean of that person's real features (the run report's
-            # recon_class_agreement for face runs); a .bin names no people
-            people = np.asarray(names)
+        if people is not None:
             metrics["recon_rank1"] = ver.nearest_centroid_agreement(recon_feats, people,
                                                                     feats, people)
-            metrics["real_rank1"] = ver.nearest_centroid_agreement(feats, people, feats, people)
-            metrics["rank1_people"] = int(len(set(names)))
         queries = store.total_queries
         metrics.update(v_variation(lambda f, v: generator(f, v=v), plain_feats, feats, scored,
                                    seed=FLAGS.seed, labels=np.asarray(names),

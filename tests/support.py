@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 from dibigan_tf.data.align import AlignResult
@@ -163,6 +162,7 @@ TINY_GAN = dict(start_resolution=8, num_blocks=2, g_channels=(4, 4), d_channels=
 def tiny_gan_batch(trainer, images, feats, labels, batch_number=0, n=16):
     """The first `n` examples as one G+D step's batch, with the step noise the input pipeline
     would draw for batch `batch_number` (GanTrainer.with_noise)."""
+    import tensorflow as tf   # here, not at the top: conftest imports this module everywhere
     return trainer.with_noise({"images": tf.constant(images[:n]),
                                "features": tf.constant(feats[:n]),
                                "labels": tf.constant(labels[:n].astype(np.int64))},

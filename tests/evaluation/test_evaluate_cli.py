@@ -40,6 +40,9 @@ def test_lfw_folder_and_pairs_with_dlib(tmp_path):
     assert metrics["num_pairs_positive"] == 6 and metrics["num_pairs_negative"] == 6
     assert metrics["align_pairs_dropped"] == 1 and metrics["align_status_unreadable"] == 1
     assert 0.0 <= metrics["real_verification_accuracy"] <= 1.0
+    # rank-1 of the photos among the file's people needs no generator; a reconstruction's does
+    assert metrics["rank1_people"] == 6 and 0.0 <= metrics["real_rank1"] <= 1.0
+    assert "recon_rank1" not in metrics
     named = set()
     for line in lines[1:]:
         parts = line.split("\t")
@@ -114,6 +117,7 @@ def test_bin_pairs_with_a_keras_matcher_and_a_malicious_bin(tmp_path):
     assert "real_verification_accuracy: " in run.stdout
     # 10 positives then 10 negatives: stratified folds, both TAR definitions with their counts
     assert metrics["fold_layout"] == "stratified" and metrics["flip_tta"] is False
+    assert "real_rank1" not in metrics     # a .bin names no people
     assert metrics["real_tar_at_far_impostor_pairs"] == 10
     assert metrics["real_val_cv_impostor_pairs_per_fold"] == 1
     assert 0.0 <= metrics["real_val_cv_at_far_1e-03"] <= 1.0
