@@ -10,11 +10,13 @@ what the face recipe is judged on, read from the run's report and from `evaluate
 
 Columns: F^S on the held-out people (centred cosine, verification, TAR at FAR 1e-3; from
 `<run>/student/metrics.json` when `--stage=student` wrote it), the stages' training seconds,
-reconstruction verification on the report's balanced pairs, type-I attack TAR at FAR 1e-3 with
-its mean and worst over the draws of v, type-II, rank-1 (evaluate.py's `recon_rank1`, else the
-report's `recon_class_agreement`: the same rule over the report's images), MS-SSIM of
-reconstructions of different people (PGGAN definition), the mean cosine of F(reconstruction) to
-F(input), and v_variation. A missing measure is "-", never a guess.
+reconstruction verification, type-I attack TAR at FAR 1e-3 with its mean and worst over the
+draws of v, type-II, rank-1, MS-SSIM of reconstructions of different people (PGGAN definition),
+the mean cosine of F(reconstruction) to F(input), and v_variation. Where evaluate.py measured a
+quantity (on the `make_pairs.py` pairs and every image of the held-out people) its value is the
+cell; otherwise the report's (verification on its balanced pairs, `recon_class_agreement` for
+rank-1: the same nearest-centroid rule over the report's images). A missing measure is "-",
+never a guess.
 """
 import json
 import os
@@ -71,12 +73,13 @@ def log_row(run_dir: str, change: str = "", evaluate_dir: str = "evaluate") -> s
         f"{_num(attack.get('attack_type1_tar_at_far_1e-03_v_worst'))})")
     cells = [f"`{os.path.basename(os.path.normpath(run_dir))}`", change or "-", fs,
              ", ".join(_seconds(seconds.get(k)) for k in ("student", "flow", "gan")),
-             _num(report.get("recon_verification_accuracy")), type1_cell,
+             _num(attack.get("recon_verification_accuracy",
+                             report.get("recon_verification_accuracy"))), type1_cell,
              _num(attack.get("attack_type2_tar_at_far_1e-03")),
              _num(attack.get("recon_rank1", report.get("recon_class_agreement"))),
              _num(attack.get("ms_ssim_pggan_recon")),
-             _num(report.get("feature_cosine_mean")),
-             _num(report.get("v_variation"))]
+             _num(attack.get("feature_cosine_mean", report.get("feature_cosine_mean"))),
+             _num(attack.get("v_variation", report.get("v_variation")))]
     return "| " + " | ".join(cells) + " |"
 
 

@@ -31,14 +31,18 @@ def test_row_reads_each_measure_from_its_file(tmp_path):
     _write(run / "evaluate" / "metrics.json", {
         "attack_type1_tar_at_far_1e-03": 0.11422, "attack_type1_tar_at_far_1e-03_v_mean": 0.1113,
         "attack_type1_tar_at_far_1e-03_v_worst": 0.0625, "attack_type2_tar_at_far_1e-03": 0.04559,
-        "ms_ssim_pggan_recon": 0.30682, "recon_rank1": 0.12345})
+        "ms_ssim_pggan_recon": 0.30682, "recon_rank1": 0.12345,
+        "recon_verification_accuracy": 0.9601, "feature_cosine_mean": 0.9314,
+        "v_variation": 0.3898})
     _write(run / "student" / "metrics.json", {
         "student_cosine_heldout_centred": 0.4595, "student_verification_accuracy": 0.821,
         "student_tar_at_far_1e-03": 0.072})
     cells = face_log_row.log_row(str(run)).strip("| ").split(" | ")
     assert cells[2] == "0.460 / 0.821 / 0.072"
-    # rank-1: evaluate.py's recon_rank1 where there is one, else the report's class agreement
-    assert cells[5:9] == ["0.114 (0.111 / 0.062)", "0.046", "0.123", "0.307"]
+    # evaluate.py's value where it measured one (rank-1, verification, F cosine, v_variation),
+    # else the report's (the first row above)
+    assert cells[4:] == ["0.960", "0.114 (0.111 / 0.062)", "0.046", "0.123", "0.307", "0.931",
+                         "0.390"]
     assert len(cells) == face_log_row.HEADER.count(" | ") + 1
 
 

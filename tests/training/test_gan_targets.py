@@ -53,8 +53,8 @@ def test_cached_real_targets_give_the_same_step(tmp_path):
     direct, cached = results["direct"], results["cached"]
     # The G half is where the cache enters, so its losses must match. The critic half (d_loss,
     # gp, wasserstein) is the same code in both graphs and reads no target. It is not compared:
-    # one CI run gave a different d_loss in the direct graph, not reproduced since (README,
-    # "Known problems").
+    # one CI run gave a different d_loss in the direct graph, not reproduced since
+    # (docs/known-problems.md).
     for key in ("distill", "biject", "recon_l1", "adv", "g_loss"):
         np.testing.assert_allclose(cached[key], direct[key], rtol=1e-5, atol=1e-6, err_msg=key)
     assert direct["distill"] > 0 and direct["biject"] > 0
