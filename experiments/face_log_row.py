@@ -71,15 +71,18 @@ def log_row(run_dir: str, change: str = "", evaluate_dir: str = "evaluate") -> s
     type1_cell = "-" if type1 is None else (
         f"{type1:.3f} ({_num(attack.get('attack_type1_tar_at_far_1e-03_v_mean'))} / "
         f"{_num(attack.get('attack_type1_tar_at_far_1e-03_v_worst'))})")
+
+    def measured(key, report_key=None):
+        """evaluate.py's value of `key`, else the report's (of `report_key`, default `key`)."""
+        return _num(attack.get(key, report.get(report_key or key)))
+
     cells = [f"`{os.path.basename(os.path.normpath(run_dir))}`", change or "-", fs,
              ", ".join(_seconds(seconds.get(k)) for k in ("student", "flow", "gan")),
-             _num(attack.get("recon_verification_accuracy",
-                             report.get("recon_verification_accuracy"))), type1_cell,
+             measured("recon_verification_accuracy"), type1_cell,
              _num(attack.get("attack_type2_tar_at_far_1e-03")),
-             _num(attack.get("recon_rank1", report.get("recon_class_agreement"))),
+             measured("recon_rank1", "recon_class_agreement"),
              _num(attack.get("ms_ssim_pggan_recon")),
-             _num(attack.get("feature_cosine_mean", report.get("feature_cosine_mean"))),
-             _num(attack.get("v_variation", report.get("v_variation")))]
+             measured("feature_cosine_mean"), measured("v_variation")]
     return "| " + " | ".join(cells) + " |"
 
 
