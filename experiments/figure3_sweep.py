@@ -55,9 +55,16 @@ def run_name(reading, alpha):
     return f"{FLAGS.prefix}fig3-{reading}-a{alpha}"
 
 
+#: shared pieces without an end marker, ready once they exist: the feature store (one answer
+#: per image, appended as images come) and the split; every trained stage writes a done.json
+UNMARKED = ("features", "split.json")
+
+
 def finished(path):
-    """A stage directory with its done.json, or a file (the split) that exists."""
-    return os.path.exists(os.path.join(path, "done.json") if os.path.isdir(path) else path)
+    """A trained stage's directory with its done.json, or the store or split that exists."""
+    if os.path.basename(os.path.normpath(path)) in UNMARKED:
+        return os.path.exists(path)
+    return os.path.exists(os.path.join(path, "done.json"))
 
 
 def share_stages(source_dir, target_dir, with_gan=True):
@@ -115,7 +122,8 @@ def main(argv):
                   if FLAGS.share_from and not finished(os.path.join(FLAGS.share_from, name))]
     if unfinished:
         raise app.UsageError(f"--share_from={FLAGS.share_from}: {', '.join(unfinished)} not "
-                             f"finished there (a stage needs its done.json)")
+                             f"finished there (a trained stage needs its done.json, the store and the "
+                             f"split must exist)")
     results, first = {}, None
     for reading in FLAGS.readings:
         for alpha in alphas:

@@ -81,7 +81,9 @@ def test_share_from_starts_the_first_run_with_another_runs_f_but_not_its_g(tmp_p
     source = tmp_path / "t-fig3-spatial-a0.001"
     for name in ("matcher", "student", "features", "gan_without_biject"):
         (source / name).mkdir(parents=True)
-        (source / name / "done.json").write_text("{}")
+        if name != "features":    # a real feature store has shards, no done.json
+            (source / name / "done.json").write_text("{}")
+    (source / "features" / "shard-00000.npz").write_bytes(b"")
     (source / "split.json").write_text("{}")
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["figure3_sweep.py", "--readings=spatial,latent", "--alphas=0.001",
@@ -100,7 +102,7 @@ def test_share_from_without_finished_stages_is_refused(tmp_path, monkeypatch):
     half = tmp_path / "half"
     for name in ("matcher", "student", "features"):
         (half / name).mkdir(parents=True)
-        if name != "matcher":
+        if name == "student":
             (half / name / "done.json").write_text("{}")
     (half / "split.json").write_text("{}")
     flags.FLAGS.unparse_flags()
