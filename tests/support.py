@@ -10,6 +10,7 @@ from PIL import Image
 
 from dibigan_tf.data.align import AlignResult
 from dibigan_tf.matchers.base import Matcher
+from tests import forkserver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -42,12 +43,16 @@ def train_command(args, flagfile="digits_blackbox.flags"):
     return [sys.executable, os.path.join(ROOT, "experiments", "train.py")] + flags + list(args)
 
 
-def run_train(args, flagfile="digits_blackbox.flags", timeout=900, env=None):
+def run_train(args, flagfile="digits_blackbox.flags", timeout=900, env=None, fork=True):
     """`train_command(args, flagfile)` run to its end, output captured and unbuffered, `env`
-    added to this process's environment; the CompletedProcess."""
+    added to this process's environment; the CompletedProcess. A fork of the test process's
+    fork server (tests/forkserver.py: TensorFlow already imported) unless `fork` is False (a
+    fresh interpreter, as a user's shell starts it)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    if fork:
+        return forkserver.run(train_command(args, flagfile), env=env, timeout=timeout)
     return subprocess.run(train_command(args, flagfile), capture_output=True, text=True,
-                          timeout=timeout,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+                          timeout=timeout, env=env)
 
 
 def copy_stages(source, target, names=None):

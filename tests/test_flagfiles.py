@@ -4,8 +4,9 @@ losses."""
 import glob
 import json
 import os
-import subprocess
 import sys
+
+from tests import forkserver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,8 +47,7 @@ def test_table2_flagfiles_are_the_table():
 
 
 def test_every_flagfile_builds_a_config():
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    proc = forkserver.run([sys.executable, "-c", SCRIPT], cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("CONFIGS ")][-1]
     configs = json.loads(line[len("CONFIGS "):])

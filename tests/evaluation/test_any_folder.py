@@ -14,6 +14,7 @@ from PIL import Image
 
 from dibigan_tf.data.base import DataError
 from dibigan_tf.data.faces import PairFiles, numbered_images, read_lfw_pairs
+from tests import forkserver
 from tests.support import ROOT
 
 
@@ -60,9 +61,13 @@ def test_pairs_file_edge_cases_are_one_line_errors(tmp_path):
 
 
 def _script(name, *args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", name)] + list(args),
-                          capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    """make_pairs.py never imports TensorFlow: a fresh interpreter (a fork would spare nothing);
+    evaluate.py: a fork of tests/forkserver.py."""
+    argv = [sys.executable, os.path.join(ROOT, "experiments", name)] + list(args)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if name == "make_pairs.py":
+        return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    return forkserver.run(argv, timeout=600, env=env)
 
 
 def test_make_pairs_and_evaluate_on_orl_and_png_folders(tmp_path, serve):

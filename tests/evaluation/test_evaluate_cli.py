@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import forkserver
 from tests.support import ROOT
 
 EVALUATE = os.path.join(ROOT, "experiments", "evaluate.py")
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, EVALUATE] + list(args), capture_output=True,
-                          text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return forkserver.run([sys.executable, EVALUATE] + list(args), timeout=600,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
 def test_lfw_folder_and_pairs_with_dlib(tmp_path):

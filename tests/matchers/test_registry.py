@@ -3,7 +3,6 @@ without what it needs in one line, and a run uses an opened matcher through the 
 (here a local HTTP service on the digits)."""
 import dataclasses
 import os
-import subprocess
 import sys
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from dibigan_tf.config import MatcherConfig
 from dibigan_tf.matchers.base import MatcherError
 from dibigan_tf.matchers.registry import MATCHERS, open_matcher
+from tests import forkserver
 from tests.support import ROOT
 
 
@@ -57,17 +57,16 @@ def test_features_stage_through_an_http_matcher(tmp_path, serve):
            "--matcher=http", f"--matcher_url={url}", "--matcher_embedding_dim=3",
            "--matcher_http_format=npy", "--max_train_images=120", "--holdout_per_class=3"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    run = forkserver.run(cmd, timeout=300, env=env)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert "blackbox_queries: 150" in run.stdout
     assert sum(log) == 150
     stores = os.listdir(tmp_path / "features")
     assert len(stores) == 1 and stores[0].startswith("http-")
     # the same command again sends nothing
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    again = forkserver.run(cmd, timeout=300, env=env)
     assert again.returncode == 0 and "blackbox_queries_this_session: 0" in again.stdout
     assert sum(log) == 150
     # a matcher without its address is refused at start, in one line, before any stage runs
-    bad = subprocess.run(cmd[:5] + ["--matcher=onnx", "--run_name=x"], capture_output=True,
-                         text=True, timeout=300, env=env)
+    bad = forkserver.run(cmd[:5] + ["--matcher=onnx", "--run_name=x"], timeout=300, env=env)
     assert bad.returncode == 2 and "--matcher_path" in bad.stderr

@@ -2,9 +2,9 @@
 feature store, and the Markdown table has one line per row."""
 import json
 import os
-import subprocess
 import sys
 
+from tests import forkserver
 from tests.support import ROOT, TINY, TINY_GAN_FLAGS
 
 
@@ -14,7 +14,7 @@ def test_ablation_rows_share_stages_and_fill_the_table(tmp_path):
     extra += " " + " ".join(TINY_GAN_FLAGS + ["--matcher_epochs=1"])
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "ablation.py"), "--configs=A,F",
            f"--checkpoint_dir={tmp_path}", "--prefix=t-", f"--extra={extra}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    proc = forkserver.run(cmd, timeout=900, cwd=ROOT)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     text = (tmp_path / "t-ablation-digits.md").read_text()

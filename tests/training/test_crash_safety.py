@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from dibigan_tf.training.common import Stage, TrainingError
 from dibigan_tf.training.loops import run_phase
+from tests import forkserver
 from tests.support import TINY_KILLABLE, latest_step as _latest_step, train_command
 
 
@@ -69,8 +70,7 @@ def _kill_and_resume(tmp_path, stage_flag, stage_dir, expected_steps):
         proc.wait()
     assert killed >= 5, (tmp_path / f"{stage_dir}.log").read_text()[-3000:]
     assert not (tmp_path / "crash" / stage_dir / "done.json").exists()
-    again = subprocess.run(_command(tmp_path, stage_flag), capture_output=True, text=True,
-                           env=env, timeout=600)
+    again = forkserver.run(_command(tmp_path, stage_flag), env=env, timeout=600)
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-3000:]
     match = re.search(rf"{stage_dir}: resuming at step (\d+)", out)
@@ -91,8 +91,7 @@ def test_sigkill_in_student_and_flow_trainings_resume_to_the_same_step_counts(tm
 
 @pytest.mark.slow   # the guard itself is tested in the default run (test above, in-process)
 def test_planted_nan_stops_a_run_with_a_one_line_error(tmp_path):
-    run = subprocess.run(_command(tmp_path, "student", "--inject_nan=student:6"),
-                         capture_output=True, text=True, timeout=600)
+    run = forkserver.run(_command(tmp_path, "student", "--inject_nan=student:6"), timeout=600)
     assert run.returncode == 2
     assert "loss 'loss' is nan in stage student at step 6" in run.stderr
     assert _latest_step(str(tmp_path / "crash" / "student" / "ckpt")) == 5

@@ -6,9 +6,9 @@ H alone, the run loading it and its stages are the session's shared tiny runs
 (tests/conftest.py: tiny_flow, tiny_run)."""
 import json
 import os
-import subprocess
 import sys
 
+from tests import forkserver
 from tests.support import ROOT, TINY, TINY_GAN_FLAGS, copy_stages, run_train
 
 
@@ -126,7 +126,7 @@ def test_trained_generator_evaluate_and_export(tmp_path, tiny_run):
            f"--matcher_path={tmp_path / 'lenet_features.keras'}", f"--data_dir={root}",
            f"--pairs={root / 'pairs.txt'}", f"--output_dir={out}", "--align_template=none",
            "--align_size=32", f"--generator={run_dir}", "--ms_ssim_pairs=10"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    run = forkserver.run(cmd, timeout=600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("real_verification_accuracy", "recon_verification_accuracy",
@@ -170,7 +170,7 @@ def _export_and_reconstruct(tmp_path, run_dir, feats, generator):
     export = tmp_path / "exported"
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "reconstruct.py"),
            f"--generator={run_dir}", f"--export={export}"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    run = forkserver.run(cmd, timeout=600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     v = np.random.default_rng(5).standard_normal((6, generator.cfg.latent_dim)).astype(np.float32)
     np.save(tmp_path / "f.npy", feats[:6])
@@ -183,8 +183,7 @@ def _export_and_reconstruct(tmp_path, run_dir, feats, generator):
               "a = m.signatures['serving_default'](features=tf.constant(f))['images'].numpy()\n"
               "b = m.signatures['serving_default'](features=tf.constant(f))['images'].numpy()\n"
               "assert a.dtype == np.uint8 and (a == b).all()\n")
-    fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                           timeout=300)
+    fresh = forkserver.run([sys.executable, "-c", script], timeout=300)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), generator.float_images(feats[:6], v),
                                atol=1e-5)
@@ -200,7 +199,7 @@ def _export_and_reconstruct(tmp_path, run_dir, feats, generator):
     out = tmp_path / "png"
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "reconstruct.py"),
            f"--generator={export}", f"--features={tmp_path / 'f.npz'}", f"--out={out}"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    run = forkserver.run(cmd, timeout=600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     written = sorted(p.name for p in out.iterdir())
     assert len(written) == 7 and all(p.endswith(".png") for p in written)

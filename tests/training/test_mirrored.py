@@ -2,17 +2,18 @@
 distributed (two devices, each G/D phase traced once), and one step of each on four devices
 equals the default strategy's (the cases are in tests/training/mirrored_cases.py).
 
-Each case runs in a process of its own. The logical devices must be configured before
+Each case runs in a process of its own (a fork of tests/forkserver.py, whose TensorFlow has
+not initialised). The logical devices must be configured before
 TensorFlow initialises, and two MirroredStrategy instances of different sizes cannot share a
 process: each numbers its collective groups from 1, so the second one's all-gather joins the
 first one's group and TensorFlow cancels the step ("joining a group with size 4, but that group
 has size 2")."""
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
+from tests import forkserver
 from tests.support import ROOT
 
 
@@ -31,8 +32,7 @@ def _case(tmp_path, devices, call):
         out_dir = sys.argv[1]
         print("RESULTS " + json.dumps({call}))
         """)
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
-                          text=True, timeout=900, cwd=ROOT)
+    proc = forkserver.run([sys.executable, "-c", script, str(tmp_path)], timeout=900, cwd=ROOT)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")][-1]
     print(line)   # the measured differences (pytest -s)
@@ -72,8 +72,8 @@ MULTI_WORKER = textwrap.dedent("""
 
 def test_multi_worker_strategy_without_tf_config_is_one_local_worker(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    proc = subprocess.run([sys.executable, "-c", MULTI_WORKER, str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    proc = forkserver.run([sys.executable, "-c", MULTI_WORKER, str(tmp_path)], timeout=600,
+                          cwd=ROOT, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     import numpy as np
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")][-1]

@@ -10,6 +10,7 @@ import subprocess
 import time
 
 
+from tests import forkserver
 from tests.support import TINY_KILLABLE, copy_stages, latest_step as _latest_step, train_command
 
 
@@ -39,8 +40,7 @@ def test_sigkill_in_gan_stage_resumes_from_last_checkpoint(tmp_path, tiny_base):
     before = {s: os.path.getmtime(run_dir / s / "done.json") for s in ("matcher", "student", "flow")}
     last_saved = _latest_step(str(run_dir / "gan" / "ckpt"))
 
-    second = subprocess.run(_command(tmp_path), capture_output=True, text=True, env=env,
-                            timeout=600)
+    second = forkserver.run(_command(tmp_path), env=env, timeout=600)
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-3000:]
     # the step counter continues from the checkpoint instead of restarting

@@ -92,8 +92,10 @@ def test_a_new_split_replaces_the_old_one_until_a_stage_trained_on_it(tmp_path):
 
 
 def _train(tmp_path, *extra, env=None):
+    """train.py in a fresh interpreter, as a user's shell starts it (the suite's CLI smoke test:
+    the other command lines of the suite are forks of tests/forkserver.py)."""
     return run_train([f"--checkpoint_dir={tmp_path}", "--run_name=pre"] + TINY + list(extra),
-                     flagfile=None, timeout=300, env=env)
+                     flagfile=None, timeout=300, env=env, fork=False)
 
 
 def test_train_py_prints_an_error_once_before_writing_anything(tmp_path):

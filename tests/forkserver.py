@@ -1,0 +1,183 @@
+"""Runs the tests' Python command lines (`python <script> ...`, `python -c <code> ...`) as forks
+of one process that has already imported TensorFlow and the package.
+
+Each command is still a process of its own, as `subprocess.run` would start: its own argv,
+environment, working directory, exit status, stdout and stderr, its own absl flags (the scripts
+are not imported before the fork) and a TensorFlow that has not initialised (no op has run in
+the server), so a child can still split the CPU into logical devices. What the fork spares is
+TensorFlow's import, 4-6 s of CPU per command on a 2-core machine and about a third of the
+suite's CPU (docs/testing.md).
+
+Client side, `run(argv, ...)` returns a `subprocess.CompletedProcess` like `subprocess.run(argv,
+capture_output=True, text=True, ...)`; each test process (pytest-xdist worker) starts one
+server the first time it runs a command and keeps it to its end. `DIBIGAN_TEST_FORK=0` makes
+`run` start a fresh interpreter instead, for a failure that only the slow path shows. A
+command that needs several processes at once, or a signal sent to it (the SIGKILL tests), uses
+`subprocess` itself.
+
+Server side (`python tests/forkserver.py`): one JSON request per line on stdin, forked at once;
+the reply lines on stdout are `{"pid": ...}` then `{"returncode": ...}`.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: What the server imports before it forks: TensorFlow (through the package's Keras selection)
+#: and the package's modules that every command line loads; no experiments/ script (each
+#: defines its absl flags at import).
+PRELOAD = ("dibigan_tf.keras_compat", "tensorflow", "tensorflow_probability",
+           "dibigan_tf.training.pipeline", "dibigan_tf.training.stages",
+           "dibigan_tf.evaluation.report", "dibigan_tf.data.faces", "dibigan_tf.data.align",
+           "absl.app", "absl.flags")
+
+
+# ----------------------------------------------------------------------------- server
+def _child(request):
+    """In the fork: becomes `python <argv[1:]>` and never returns."""
+    code = 1
+    try:
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(handle, fd)
+            os.close(handle)
+        args = request["argv"][1:]
+        if args[0] == "-c":
+            sys.argv = ["-c"] + args[2:]
+            sys.path[0] = ""
+            namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+            exec(compile(args[1], "<string>", "exec"), namespace)
+        else:
+            import runpy
+            sys.argv = list(args)
+            sys.path[0] = os.path.dirname(os.path.abspath(args[0]))
+            runpy.run_path(args[0], run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        if exit_.code is not None and not isinstance(exit_.code, int):
+            print(exit_.code, file=sys.stderr)
+    except BaseException:   # noqa: BLE001  (what the interpreter does with an uncaught error)
+        import traceback
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def serve():
+    for name in PRELOAD:
+        __import__(name)
+    _reply({"ready": True})
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return
+        request = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(request)
+        _reply({"pid": pid})
+        _, status = os.waitpid(pid, 0)
+        _reply({"returncode": os.waitstatus_to_exitcode(status)})
+
+
+def _reply(message):
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------- client
+class _Server:
+    def __init__(self):
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=_pythonpath())
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, env=env, text=True)
+        self.lock = threading.Lock()
+        self._read(timeout=300)   # {"ready": true}
+
+    def _read(self, timeout):
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            return None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the fork server stopped (tests/forkserver.py)")
+        return json.loads(line)
+
+    def run(self, argv, env, cwd, timeout):
+        with self.lock, tempfile.TemporaryDirectory(prefix="forkrun-") as tmp:
+            out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+            self.proc.stdin.write(json.dumps({"argv": list(argv), "env": env, "cwd": cwd,
+                                              "stdout": out, "stderr": err}) + "\n")
+            self.proc.stdin.flush()
+            pid = self._read(timeout=60)["pid"]
+            reply = self._read(timeout=timeout)
+            timed_out = reply is None
+            if timed_out:
+                os.kill(pid, signal.SIGKILL)
+                reply = self._read(timeout=60)
+            stdout, stderr = (open(p, encoding="utf-8", errors="replace").read()
+                              for p in (out, err))
+        if timed_out:
+            raise subprocess.TimeoutExpired(argv, timeout, output=stdout, stderr=stderr)
+        return subprocess.CompletedProcess(list(argv), reply["returncode"], stdout, stderr)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _pythonpath():
+    parts = [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(parts)
+
+
+_server = None
+
+
+def run(argv, env=None, cwd=None, timeout=900):
+    """`subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd,
+    timeout=timeout)` for `argv` = [sys.executable, <script> | -c <code>, ...], served by a fork
+    of this process's server (started on first use)."""
+    global _server
+    env = dict(os.environ if env is None else env)
+    cwd = os.path.abspath(cwd or os.getcwd())
+    python_command = (len(argv) >= 2 and argv[0] == sys.executable and
+                      (argv[1] == "-c" and len(argv) >= 3 or argv[1].endswith(".py")))
+    if os.environ.get("DIBIGAN_TEST_FORK", "1") == "0" or not python_command:
+        return subprocess.run(list(argv), capture_output=True, text=True, env=env, cwd=cwd,
+                              timeout=timeout)
+    if _server is None:
+        _server = _Server()
+        atexit.register(_server.close)
+    return _server.run(argv, env, cwd, timeout)
+
+
+if __name__ == "__main__":
+    serve()
