@@ -111,11 +111,14 @@ def _reply(message):
 class _Server:
     def __init__(self):
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=_pythonpath())
+        self.log = tempfile.NamedTemporaryFile(prefix="forkserver-", suffix=".log")
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)], cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, env=env, text=True)
+                                     stderr=self.log, env=env, text=True)
         self.lock = threading.Lock()
-        self._read(timeout=300)   # {"ready": true}
+        if self._read(timeout=300) is None:   # {"ready": true}
+            self.proc.kill()
+            self._stopped("did not start in 300 s")
 
     def _read(self, timeout):
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -123,8 +126,13 @@ class _Server:
             return None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError("the fork server stopped (tests/forkserver.py)")
+            self._stopped("stopped")
         return json.loads(line)
+
+    def _stopped(self, what):
+        with open(self.log.name, errors="replace") as handle:
+            tail = handle.read()[-3000:]
+        raise RuntimeError(f"the fork server (tests/forkserver.py) {what}; its stderr:\n{tail}")
 
     def run(self, argv, env, cwd, timeout):
         with self.lock, tempfile.TemporaryDirectory(prefix="forkrun-") as tmp:
@@ -151,6 +159,7 @@ class _Server:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        self.log.close()
 
 
 def _pythonpath():
