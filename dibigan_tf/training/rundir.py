@@ -45,6 +45,10 @@ def check_config(cfg: RunConfig, stage: str = "all"):
                                 "draws (0: not measured)")
         if min(cfg.eval_positive_pairs, cfg.eval_negative_pairs) <= 0:
             raise TrainingError("--eval_positive_pairs and --eval_negative_pairs must be positive")
+        if g.use_biject and g.biject_reading == "latent" and cfg.flow.covariance != "diag":
+            raise TrainingError(f"--biject_reading=latent needs H's diagonal class priors, not "
+                                f"--flow_covariance={cfg.flow.covariance} (or choose "
+                                f"--biject_reading=spatial or spatial_full)")
 
 
 def open_run(cfg: RunConfig, loop_kwargs: dict | None):

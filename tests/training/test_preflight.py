@@ -18,8 +18,9 @@ from tests.support import TINY, run_train
 
 
 def _cfg(**kwargs):
-    gan = kwargs.pop("gan", {})
-    return RunConfig(gan=dataclasses.replace(GanConfig(), **gan), **kwargs)
+    gan, flow = kwargs.pop("gan", {}), kwargs.pop("flow", {})
+    return RunConfig(gan=dataclasses.replace(GanConfig(), **gan),
+                     flow=dataclasses.replace(RunConfig().flow, **flow), **kwargs)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -34,6 +35,8 @@ def _cfg(**kwargs):
     (dict(gan=dict(base_batch_size=0)), "--base_batch_size=0"),
     (dict(eval_positive_pairs=0), "--eval_positive_pairs"),
     (dict(v_variation_draws=1), "--v_variation_draws=1"),
+    (dict(gan=dict(biject_reading="latent"), flow=dict(covariance="full")),
+     "--biject_reading=latent needs H's diagonal class priors, not --flow_covariance=full"),
 ])
 def test_flag_checks_before_anything_runs(kwargs, message):
     with pytest.raises(TrainingError, match=message) as info:
