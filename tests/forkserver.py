@@ -85,7 +85,10 @@ def _child(request):
 
 def serve():
     for name in PRELOAD:
-        __import__(name)
+        try:
+            __import__(name)
+        except ImportError:   # an optional extra (dlib) missing: the child imports what it can
+            pass
     _reply({"ready": True})
     while True:
         line = sys.stdin.readline()
