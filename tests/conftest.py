@@ -166,3 +166,16 @@ def tiny_run(tmp_path_factory, tiny_flow, tiny_base):
         return _failure(run_train([f"--checkpoint_dir={path}", "--run_name=tiny",
                                    f"--flow_from_run={tiny_flow}"] + TINY + TINY_GAN_FLAGS))
     return _built_once(_shared_root(tmp_path_factory), "tiny-run", build) / "tiny"
+
+
+#: The two MirroredStrategy cases, the suite's longest tests (about 45-55 s each), need no shared
+#: fixture: collected first, they start the run on the first test process while the other
+#: builds the tiny run's stages, instead of landing together at the end of one process's queue
+#: with the other idle (pytest-xdist hands each process a block of consecutive tests first).
+FIRST = ("tests/training/test_mirrored.py::test_every_trainable_under_mirrored_strategy_on_two",
+         "tests/training/test_mirrored.py::test_one_step_on_four_logical_devices")
+
+
+def pytest_collection_modifyitems(items):
+    first = [item for item in items if item.nodeid.startswith(FIRST)]
+    items[:] = first + [item for item in items if item not in first]

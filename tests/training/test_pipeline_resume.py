@@ -14,8 +14,14 @@ from tests import forkserver
 from tests.support import TINY_KILLABLE, copy_stages, latest_step as _latest_step, train_command
 
 
+#: G/D's phases: 16x16 64 images, the fade-in 64, 32x32 256 (4 + 4 + 16 steps of 16, a
+#: checkpoint after each); the run is killed at step 10 or later, in the last phase
+IMAGES = ["--stable_images=64,256", "--fade_images=0,64"]
+
+
 def _command(tmp_path):
-    return train_command([f"--checkpoint_dir={tmp_path}", "--run_name=tiny"] + TINY_KILLABLE)
+    return train_command([f"--checkpoint_dir={tmp_path}", "--run_name=tiny"] + TINY_KILLABLE +
+                         IMAGES)
 
 
 def test_sigkill_in_gan_stage_resumes_from_last_checkpoint(tmp_path, tiny_base):
@@ -49,8 +55,8 @@ def test_sigkill_in_gan_stage_resumes_from_last_checkpoint(tmp_path, tiny_base):
     assert int(match.group(1)) == last_saved >= killed_at
     with open(run_dir / "gan" / "done.json") as handle:
         done = json.load(handle)
-    assert done["step"] == 64 // 16 + 64 // 16 + 1024 // 16   # as an uninterrupted run
-    assert done["images_seen"] == 64 + 64 + 1024
+    assert done["step"] == 64 // 16 + 64 // 16 + 256 // 16   # as an uninterrupted run
+    assert done["images_seen"] == 64 + 64 + 256
     # finished stages were loaded, not trained again
     after = {s: os.path.getmtime(run_dir / s / "done.json") for s in before}
     assert after == before
