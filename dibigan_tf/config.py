@@ -184,6 +184,8 @@ class StudentConfig:
     epochs: int = setting(10, "F^S distillation epochs.")
     batch_size: int = setting(64, "F^S batch size.")
     learning_rate: float = setting(1e-3, "F^S Adam learning rate.")
+    lr_decay: str = setting("constant", "F^S learning rate over the run: constant, or cosine "
+                            "decay to 0.", choices=("constant", "cosine"))
     max_shift: int = setting(2, "Random whole-pixel shift of F^S's training images, up to this "
                              "many pixels.", lower_bound=0)
     center_targets: bool = setting(False, "Eq. 6 on F(x) minus the mean training feature (for "

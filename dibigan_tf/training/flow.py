@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from dibigan_tf.keras_compat import keras
 from dibigan_tf.models.flow import (ClassConditionalGaussianPrior, bits_per_dim, build_flow,
                                     dequantize, nll_loss, to_pixels)
 from dibigan_tf.data.augment import SHIFT_NOISE, random_shift
 from dibigan_tf.data.images import image_grid
-from dibigan_tf.training.common import Stage, build_optimizer
+from dibigan_tf.training.common import Stage, build_optimizer, learning_rate_schedule
 from dibigan_tf.training.loops import distributed_step, graph_function, run_phase
 
 
@@ -22,16 +21,6 @@ def make_flow(strategy, image_shape, num_classes, num_steps=5, hidden_channels=3
         prior = ClassConditionalGaussianPrior(num_classes, flow.latent_shape,
                                               covariance=covariance, seed=seed)
     return flow, prior
-
-
-def flow_learning_rate(learning_rate, lr_decay, total_steps):
-    """H's Adam step: a float ("constant") or a cosine decay to 0 over total_steps."""
-    if lr_decay == "constant":
-        return learning_rate
-    if lr_decay != "cosine":
-        raise ValueError(f"flow lr_decay must be 'cosine' or 'constant', not {lr_decay!r}")
-    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps,
-                                                  alpha=0.0)
 
 
 def class_samples(flow, prior, num_classes, per_class=8, temperature=0.7, seed=0):
@@ -61,7 +50,7 @@ def train_flow(run_dir, strategy, images, labels, num_classes, *, num_steps=5,
                             num_res_blocks, mixing, covariance, seed)
     variables = flow.trainable_variables + prior.trainable_variables
     total_steps = max(1, -(-epochs * len(images) // batch_size))
-    schedule = flow_learning_rate(learning_rate, lr_decay, total_steps)
+    schedule = learning_rate_schedule(learning_rate, lr_decay, total_steps)
     optimizer = build_optimizer(strategy, variables, schedule)
     stage = Stage(run_dir, "flow", strategy, {"flow": flow, "prior": prior,
                                               "optimizer": optimizer})

@@ -173,7 +173,7 @@ def student_stage(cfg: RunConfig, ctx: RunContext):
     student, _ = train_student(ctx.run_dir, ctx.strategy, images.images, features,
                                depth=s.depth, width=s.width, epochs=s.epochs,
                                batch_size=s.batch_size, learning_rate=s.learning_rate,
-                               max_shift=s.max_shift, seed=cfg.seed + 1,
+                               lr_decay=s.lr_decay, max_shift=s.max_shift, seed=cfg.seed + 1,
                                center_targets=s.center_targets,
                                mixed_precision=cfg.mixed_precision, jit_compile=cfg.jit_compile,
                                **ctx.loop_kwargs)

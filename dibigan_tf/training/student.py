@@ -11,7 +11,7 @@ from dibigan_tf.data.images import uint8_to_unit
 from dibigan_tf.models.student import build_student
 from dibigan_tf.data.augment import SHIFT_NOISE, random_shift
 from dibigan_tf.training import precision
-from dibigan_tf.training.common import Stage, build_optimizer
+from dibigan_tf.training.common import Stage, build_optimizer, learning_rate_schedule
 from dibigan_tf.training.loops import distributed_step, graph_function, run_phase
 
 
@@ -29,9 +29,9 @@ def make_student(strategy, image_shape, embedding_dim, depth="small", width=32,
 
 
 def train_student(run_dir, strategy, images, features, *, depth="small", width=32, epochs=10,
-                  batch_size=64, learning_rate=1e-3, max_shift=2, seed=1, log_every=20,
-                  center_targets=False, mixed_precision="float32", jit_compile=False,
-                  **loop_kwargs):
+                  batch_size=64, learning_rate=1e-3, lr_decay="constant", max_shift=2, seed=1,
+                  log_every=20, center_targets=False, mixed_precision="float32",
+                  jit_compile=False, **loop_kwargs):
     """Trains F^S on (image, F(image)) pairs with Eq. 6 (or resumes); returns (model, stage).
 
     images: uint8 [n, h, w, c]; features: the blackbox embeddings from the feature store.
@@ -47,11 +47,16 @@ def train_student(run_dir, strategy, images, features, *, depth="small", width=3
     the cosine term of Eq. 7 in the GAN) then lives in the centred space. Off by default (the
     paper's Eq. 6 as written; the digits default).
 
+    lr_decay: "constant" keeps Adam's step at learning_rate; "cosine" lowers it to 0 along a half
+    cosine over the run's steps (`common.learning_rate_schedule`), as H's training does.
+
     mixed_precision / jit_compile: the speed flags of training/precision.py and XLA for the step.
     """
     model = make_student(strategy, images.shape[1:], features.shape[1], depth, width,
                          mixed_precision)
-    optimizer = build_optimizer(strategy, model.trainable_variables, learning_rate,
+    total_steps = max(1, -(-epochs * len(images) // batch_size))
+    optimizer = build_optimizer(strategy, model.trainable_variables,
+                                learning_rate_schedule(learning_rate, lr_decay, total_steps),
                                 mixed_precision=mixed_precision)
     mean = features.mean(axis=0) if center_targets else np.zeros(features.shape[1])
     # Eq. 6 leaves the length of F^S's output free; in F's space the centred part gets the mean

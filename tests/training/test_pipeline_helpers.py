@@ -75,15 +75,14 @@ def test_figure3_summary_over_seeds():
         float(np.std([0.1, -0.1, -0.2], ddof=1)))
 
 
-def test_flow_learning_rate_cosine_decays_to_zero_and_resumes_on_the_same_curve():
+def test_learning_rate_cosine_decays_to_zero_and_resumes_on_the_same_curve():
     import numpy as np
     import tensorflow as tf
-    from dibigan_tf.training.common import build_optimizer
-    from dibigan_tf.training.flow import flow_learning_rate
-    assert flow_learning_rate(1e-3, "constant", 100) == 1e-3
+    from dibigan_tf.training.common import build_optimizer, learning_rate_schedule
+    assert learning_rate_schedule(1e-3, "constant", 100) == 1e-3
     with pytest.raises(ValueError, match="lr_decay"):
-        flow_learning_rate(1e-3, "linear", 100)
-    schedule = flow_learning_rate(1e-3, "cosine", 100)
+        learning_rate_schedule(1e-3, "linear", 100)
+    schedule = learning_rate_schedule(1e-3, "cosine", 100)
     assert float(schedule(0)) == pytest.approx(1e-3)
     assert float(schedule(50)) == pytest.approx(5e-4, rel=1e-4)
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
@@ -167,3 +166,25 @@ def test_flow_trains_on_whole_pixel_shifts_with_background_zero(tmp_path):
                              num_res_blocks=1, epochs=1, batch_size=16, max_shift=1,
                              log_every=1)
     assert all(np.isfinite(v.numpy()).all() for v in flow.trainable_variables)
+
+
+def test_student_learning_rate_follows_student_lr_decay(tmp_path):
+    """--student_lr_decay=cosine: F^S's Adam step falls to 0 over its run's steps; "constant"
+    (the default) keeps it."""
+    import numpy as np
+    import tensorflow as tf
+    from dibigan_tf.training.student import train_student
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (32, 16, 16, 1)).astype(np.uint8)
+    feats = rng.standard_normal((32, 6)).astype(np.float32)
+    rates = {}
+    for decay in ("cosine", "constant"):
+        _, stage = train_student(str(tmp_path / decay), tf.distribute.get_strategy(), images,
+                                 feats, width=4, epochs=2, batch_size=16, learning_rate=1e-3,
+                                 lr_decay=decay, max_shift=0, log_every=1)
+        opt = stage.checkpoint.optimizer
+        assert int(stage.step.numpy()) == int(opt.iterations.numpy()) == 4
+        rates[decay] = float(opt.learning_rate)   # the step of the last update (the 4th)
+    # a half cosine over the run's 4 steps: at the last update's step count (3), then 0 at 4
+    assert rates["cosine"] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 3 / 4)), rel=1e-5)
+    assert rates["constant"] == pytest.approx(1e-3)
