@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: What the server imports before it forks: TensorFlow (through the package's Keras selection)
@@ -66,10 +65,13 @@ def _child(request):
             sys.path[0] = os.path.dirname(os.path.abspath(args[0]))
             runpy.run_path(args[0], run_name="__main__")
         code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-        if exit_.code is not None and not isinstance(exit_.code, int):
-            print(exit_.code, file=sys.stderr)
+    except SystemExit as exit_:   # as the interpreter exits: None is 0, a message is 1
+        code = exit_.code
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = 1
     except BaseException:   # noqa: BLE001  (what the interpreter does with an uncaught error)
         import traceback
         traceback.print_exc()
@@ -118,7 +120,6 @@ class _Server:
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)], cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, env=env, text=True)
-        self.lock = threading.Lock()
         if self._read(timeout=300) is None:   # {"ready": true}
             self.proc.kill()
             self._stopped("did not start in 300 s")
@@ -138,7 +139,7 @@ class _Server:
         raise RuntimeError(f"the fork server (tests/forkserver.py) {what}; its stderr:\n{tail}")
 
     def run(self, argv, env, cwd, timeout):
-        with self.lock, tempfile.TemporaryDirectory(prefix="forkrun-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="forkrun-") as tmp:
             out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
             self.proc.stdin.write(json.dumps({"argv": list(argv), "env": env, "cwd": cwd,
                                               "stdout": out, "stderr": err}) + "\n")
@@ -149,8 +150,7 @@ class _Server:
             if timed_out:
                 os.kill(pid, signal.SIGKILL)
                 reply = self._read(timeout=60)
-            stdout, stderr = (open(p, encoding="utf-8", errors="replace").read()
-                              for p in (out, err))
+            stdout, stderr = _read_text(out), _read_text(err)
         if timed_out:
             raise subprocess.TimeoutExpired(argv, timeout, output=stdout, stderr=stderr)
         return subprocess.CompletedProcess(list(argv), reply["returncode"], stdout, stderr)
@@ -165,7 +165,14 @@ class _Server:
         self.log.close()
 
 
+def _read_text(path):
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
+
+
 def _pythonpath():
+    """This checkout first, so that the server imports the package the tests import (also when
+    the interpreter's own install of the package points at another checkout)."""
     parts = [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return os.pathsep.join(parts)
 

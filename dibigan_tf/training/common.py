@@ -420,16 +420,17 @@ def check_finite(values: dict, stage: str, step: int):
                                 f"the last good checkpoint is kept")
 
 
-def learning_rate_schedule(learning_rate, decay, total_steps):
+def learning_rate_schedule(learning_rate, decay, total_images, batch_size):
     """An Adam step for `build_optimizer`: the float itself ("constant") or a cosine decay from
-    it to 0 over `total_steps` ("cosine"), a function of the optimizer's step count, so that a
-    resumed run continues the same curve."""
+    it to 0 ("cosine") over the steps that `loops.run_phase` takes for `total_images` in batches
+    of `batch_size`; a function of the optimizer's step count, so that a resumed run continues
+    the same curve."""
     if decay == "constant":
         return learning_rate
     if decay != "cosine":
         raise ValueError(f"lr_decay must be 'cosine' or 'constant', not {decay!r}")
-    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps,
-                                                  alpha=0.0)
+    steps = max(1, -(-total_images // batch_size))
+    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.0)
 
 
 def build_optimizer(strategy, variables, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8,

@@ -49,8 +49,7 @@ def train_flow(run_dir, strategy, images, labels, num_classes, *, num_steps=5,
     flow, prior = make_flow(strategy, images.shape[1:], num_classes, num_steps, hidden_channels,
                             num_res_blocks, mixing, covariance, seed)
     variables = flow.trainable_variables + prior.trainable_variables
-    total_steps = max(1, -(-epochs * len(images) // batch_size))
-    schedule = learning_rate_schedule(learning_rate, lr_decay, total_steps)
+    schedule = learning_rate_schedule(learning_rate, lr_decay, epochs * len(images), batch_size)
     optimizer = build_optimizer(strategy, variables, schedule)
     stage = Stage(run_dir, "flow", strategy, {"flow": flow, "prior": prior,
                                               "optimizer": optimizer})

@@ -20,7 +20,7 @@ from dibigan_tf.data.images import image_grid, to_uint8, uint8_to_unit
 from dibigan_tf.models.discriminator import ProgressiveDiscriminator
 from dibigan_tf.models.generator import build_generator
 from dibigan_tf.schedule import exponential_weights
-from dibigan_tf.training.common import Stage, batch_noise, build_optimizer
+from dibigan_tf.training.common import Stage, TrainingError, batch_noise, build_optimizer
 from dibigan_tf.training.loops import distributed_step, graph_function, run_phase
 
 
@@ -109,14 +109,22 @@ def biject_margin_from_data(flow, images_unit, labels, max_images=512, reading="
     return float(np.median(d[different]))
 
 
+def check_reading_prior(reading, covariance):
+    """The "latent" reading's covariance term is between H's diagonal class priors: a one-line
+    TrainingError for any other prior (`rundir.check_config` asks before anything trains,
+    `prior_table_for` of the prior it is given)."""
+    if reading == "latent" and covariance != "diag":
+        raise TrainingError(f"--biject_reading=latent needs H's diagonal class priors, not "
+                            f"--flow_covariance={covariance} (or choose --biject_reading=spatial "
+                            f"or spatial_full)")
+
+
 def prior_table_for(prior, reading, flow):
     """The "latent" reading's [K, K] covariance term between identity priors
     (`losses.prior_w2_table`), or None for the other readings or without a prior."""
     if reading != "latent" or prior is None:
         return None
-    if prior.covariance != "diag":
-        raise ValueError("--biject_reading=latent needs H's diagonal class priors "
-                         "(--flow_covariance=diag)")
+    check_reading_prior(reading, prior.covariance)
     positions = int(np.prod(flow.latent_shape[:-1]))
     return losses.prior_w2_table(np.exp(prior.log_scales.numpy()), positions)
 

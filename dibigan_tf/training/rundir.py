@@ -11,6 +11,7 @@ from absl import logging
 from dibigan_tf.config import RunConfig
 from dibigan_tf.training.common import TrainingError, make_strategy, save_json
 from dibigan_tf.training.datasets import augment_stages, dataset_of, image_size_of
+from dibigan_tf.training.gan import check_reading_prior
 
 
 def check_config(cfg: RunConfig, stage: str = "all"):
@@ -45,10 +46,8 @@ def check_config(cfg: RunConfig, stage: str = "all"):
                                 "draws (0: not measured)")
         if min(cfg.eval_positive_pairs, cfg.eval_negative_pairs) <= 0:
             raise TrainingError("--eval_positive_pairs and --eval_negative_pairs must be positive")
-        if g.use_biject and g.biject_reading == "latent" and cfg.flow.covariance != "diag":
-            raise TrainingError(f"--biject_reading=latent needs H's diagonal class priors, not "
-                                f"--flow_covariance={cfg.flow.covariance} (or choose "
-                                f"--biject_reading=spatial or spatial_full)")
+        if g.use_biject:
+            check_reading_prior(g.biject_reading, cfg.flow.covariance)
 
 
 def open_run(cfg: RunConfig, loop_kwargs: dict | None):

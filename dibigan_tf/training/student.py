@@ -54,9 +54,9 @@ def train_student(run_dir, strategy, images, features, *, depth="small", width=3
     """
     model = make_student(strategy, images.shape[1:], features.shape[1], depth, width,
                          mixed_precision)
-    total_steps = max(1, -(-epochs * len(images) // batch_size))
     optimizer = build_optimizer(strategy, model.trainable_variables,
-                                learning_rate_schedule(learning_rate, lr_decay, total_steps),
+                                learning_rate_schedule(learning_rate, lr_decay,
+                                                       epochs * len(images), batch_size),
                                 mixed_precision=mixed_precision)
     mean = features.mean(axis=0) if center_targets else np.zeros(features.shape[1])
     # Eq. 6 leaves the length of F^S's output free; in F's space the centred part gets the mean

@@ -79,10 +79,12 @@ def test_learning_rate_cosine_decays_to_zero_and_resumes_on_the_same_curve():
     import numpy as np
     import tensorflow as tf
     from dibigan_tf.training.common import build_optimizer, learning_rate_schedule
-    assert learning_rate_schedule(1e-3, "constant", 100) == 1e-3
+    assert learning_rate_schedule(1e-3, "constant", 100, 1) == 1e-3
     with pytest.raises(ValueError, match="lr_decay"):
-        learning_rate_schedule(1e-3, "linear", 100)
-    schedule = learning_rate_schedule(1e-3, "cosine", 100)
+        learning_rate_schedule(1e-3, "linear", 100, 1)
+    # 1,580 images in batches of 16: the 99 steps of run_phase, the last one short
+    assert learning_rate_schedule(1e-3, "cosine", 1580, 16).decay_steps == 99
+    schedule = learning_rate_schedule(1e-3, "cosine", 100, 1)
     assert float(schedule(0)) == pytest.approx(1e-3)
     assert float(schedule(50)) == pytest.approx(5e-4, rel=1e-4)
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
