@@ -11,9 +11,10 @@ suite's CPU (docs/testing.md).
 Client side, `run(argv, ...)` returns a `subprocess.CompletedProcess` like `subprocess.run(argv,
 capture_output=True, text=True, ...)`; each test process (pytest-xdist worker) starts one
 server the first time it runs a command and keeps it to its end. `DIBIGAN_TEST_FORK=0` makes
-`run` start a fresh interpreter instead, for a failure that only the slow path shows. A
-command that needs several processes at once, or a signal sent to it (the SIGKILL tests), uses
-`subprocess` itself.
+`run` start a fresh interpreter instead, for a failure that only the slow path shows.
+`run(..., kill_when=condition)` SIGKILLs the command as soon as `condition()` holds (checked
+every 50 ms), for the tests that kill a training part-way and resume it. Commands that must
+run as several processes at once (the multi-worker tests) use `subprocess` itself.
 
 Server side (`python tests/forkserver.py`): one JSON request per line on stdin, forked at once;
 the reply lines on stdout are `{"pid": ...}` then `{"returncode": ...}`.
@@ -28,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: What the server imports before it forks: TensorFlow (through the package's Keras selection)
@@ -138,14 +140,21 @@ class _Server:
             tail = handle.read()[-3000:]
         raise RuntimeError(f"the fork server (tests/forkserver.py) {what}; its stderr:\n{tail}")
 
-    def run(self, argv, env, cwd, timeout):
+    def run(self, argv, env, cwd, timeout, kill_when):
         with tempfile.TemporaryDirectory(prefix="forkrun-") as tmp:
             out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
             self.proc.stdin.write(json.dumps({"argv": list(argv), "env": env, "cwd": cwd,
                                               "stdout": out, "stderr": err}) + "\n")
             self.proc.stdin.flush()
             pid = self._read(timeout=60)["pid"]
-            reply = self._read(timeout=timeout)
+            deadline = time.monotonic() + timeout
+            reply = None
+            while reply is None and time.monotonic() < deadline:
+                wait = deadline - time.monotonic()
+                reply = self._read(timeout=max(0.0, min(wait, 0.05) if kill_when else wait))
+                if reply is None and kill_when is not None and kill_when():
+                    os.kill(pid, signal.SIGKILL)
+                    reply = self._read(timeout=60)
             timed_out = reply is None
             if timed_out:
                 os.kill(pid, signal.SIGKILL)
@@ -180,22 +189,48 @@ def _pythonpath():
 _server = None
 
 
-def run(argv, env=None, cwd=None, timeout=900):
+def run(argv, env=None, cwd=None, timeout=900, kill_when=None):
     """`subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd,
     timeout=timeout)` for `argv` = [sys.executable, <script> | -c <code>, ...], served by a fork
-    of this process's server (started on first use)."""
+    of this process's server (started on first use). With `kill_when`, the command is killed by
+    SIGKILL once `kill_when()` returns true (returncode -9), checked every 50 ms."""
     global _server
     env = dict(os.environ if env is None else env)
     cwd = os.path.abspath(cwd or os.getcwd())
     python_command = (len(argv) >= 2 and argv[0] == sys.executable and
                       (argv[1] == "-c" and len(argv) >= 3 or argv[1].endswith(".py")))
     if os.environ.get("DIBIGAN_TEST_FORK", "1") == "0" or not python_command:
-        return subprocess.run(list(argv), capture_output=True, text=True, env=env, cwd=cwd,
-                              timeout=timeout)
+        if kill_when is None:
+            return subprocess.run(list(argv), capture_output=True, text=True, env=env,
+                                  cwd=cwd, timeout=timeout)
+        return _popen_until(argv, env, cwd, timeout, kill_when)
     if _server is None:
         _server = _Server()
         atexit.register(_server.close)
-    return _server.run(argv, env, cwd, timeout)
+    return _server.run(argv, env, cwd, timeout, kill_when)
+
+
+def _popen_until(argv, env, cwd, timeout, kill_when):
+    """`run` with `kill_when` in a fresh interpreter."""
+    with tempfile.TemporaryDirectory(prefix="forkrun-") as tmp:
+        out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+        with open(out, "w") as out_handle, open(err, "w") as err_handle:
+            proc = subprocess.Popen(list(argv), stdout=out_handle, stderr=err_handle, env=env,
+                                    cwd=cwd)
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                if kill_when():
+                    proc.send_signal(signal.SIGKILL)
+                    break
+                time.sleep(0.05)
+            timed_out = proc.poll() is None and time.monotonic() >= deadline
+            if timed_out:
+                proc.kill()
+            proc.wait()
+        stdout, stderr = _read_text(out), _read_text(err)
+    if timed_out:
+        raise subprocess.TimeoutExpired(argv, timeout, output=stdout, stderr=stderr)
+    return subprocess.CompletedProcess(list(argv), proc.returncode, stdout, stderr)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,22 @@ def test_uncaught_error_timeout_and_logical_devices(tmp_path):
     """)], timeout=120)
     assert devices.returncode == 0, devices.stderr[-2000:]
     assert devices.stdout.split() == ["3"]
+
+
+@pytest.mark.parametrize("fork", ["1", "0"])
+def test_kill_when_sigkills_the_command_once_the_condition_holds(tmp_path, monkeypatch, fork):
+    """The SIGKILL tests' path, in a fork and (DIBIGAN_TEST_FORK=0) in a fresh interpreter: the
+    command writes a file and then sleeps; it is killed once the file exists, its output so far
+    kept; a condition that never holds lets the command finish."""
+    import signal
+    monkeypatch.setenv("DIBIGAN_TEST_FORK", fork)
+    marker = tmp_path / "marker"
+    code = (f"import time; print('started', flush=True); open({str(marker)!r}, 'w').close(); "
+            "time.sleep(60); print('never')")
+    killed = forkserver.run([sys.executable, "-c", code], timeout=50,
+                            kill_when=marker.exists)
+    assert killed.returncode == -signal.SIGKILL
+    assert killed.stdout.split() == ["started"]
+    done = forkserver.run([sys.executable, "-c", "print('ok')"], timeout=60,
+                          kill_when=lambda: False)
+    assert done.returncode == 0 and done.stdout.split() == ["ok"]

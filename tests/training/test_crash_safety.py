@@ -5,8 +5,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -57,18 +55,17 @@ def _command(tmp_path, stage, *extra):
 def _kill_and_resume(tmp_path, stage_flag, stage_dir, expected_steps):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     ckpt = tmp_path / "crash" / stage_dir / "ckpt"
-    with open(tmp_path / f"{stage_dir}.log", "w") as log:
-        proc = subprocess.Popen(_command(tmp_path, stage_flag), stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
-        deadline, killed = time.time() + 600, -1
-        while time.time() < deadline and proc.poll() is None:
-            if _latest_step(str(ckpt)) >= 5:
-                proc.send_signal(signal.SIGKILL)
-                killed = _latest_step(str(ckpt))
-                break
-            time.sleep(0.05)
-        proc.wait()
-    assert killed >= 5, (tmp_path / f"{stage_dir}.log").read_text()[-3000:]
+    steps = []
+
+    def reached_step_5():
+        steps.append(_latest_step(str(ckpt)))
+        return steps[-1] >= 5
+
+    first = forkserver.run(_command(tmp_path, stage_flag), env=env, timeout=600,
+                           kill_when=reached_step_5)
+    killed = steps[-1]
+    assert first.returncode == -signal.SIGKILL and killed >= 5, (
+        first.returncode, (first.stdout + first.stderr)[-3000:])
     assert not (tmp_path / "crash" / stage_dir / "done.json").exists()
     again = forkserver.run(_command(tmp_path, stage_flag), env=env, timeout=600)
     out = again.stdout + again.stderr

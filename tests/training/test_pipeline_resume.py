@@ -6,9 +6,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import time
-
 
 from tests import forkserver
 from tests.support import TINY_KILLABLE, copy_stages, latest_step as _latest_step, train_command
@@ -28,20 +25,17 @@ def test_sigkill_in_gan_stage_resumes_from_last_checkpoint(tmp_path, tiny_base):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     run_dir = tmp_path / "tiny"
     copy_stages(tiny_base, run_dir)
-    log1 = open(tmp_path / "run1.log", "w")
-    proc = subprocess.Popen(_command(tmp_path), stdout=log1, stderr=subprocess.STDOUT, env=env)
-    deadline = time.time() + 600
-    killed_at = -1
-    while time.time() < deadline and proc.poll() is None:
+    killed_at = []
+
+    def reached_step_10():
         step = _latest_step(str(run_dir / "gan" / "ckpt"))
-        if step >= 10:
-            proc.send_signal(signal.SIGKILL)
-            killed_at = step
-            break
-        time.sleep(0.05)
-    proc.wait()
-    log1.close()
-    assert killed_at >= 10, open(tmp_path / "run1.log").read()[-3000:]
+        killed_at.append(step)
+        return step >= 10
+
+    first = forkserver.run(_command(tmp_path), env=env, timeout=600, kill_when=reached_step_10)
+    assert first.returncode == -signal.SIGKILL and killed_at[-1] >= 10, (
+        first.returncode, (first.stdout + first.stderr)[-3000:])
+    killed_at = killed_at[-1]
     assert not (run_dir / "gan" / "done.json").exists()
     before = {s: os.path.getmtime(run_dir / s / "done.json") for s in ("matcher", "student", "flow")}
     last_saved = _latest_step(str(run_dir / "gan" / "ckpt"))
