@@ -18,8 +18,8 @@ from tests.support import TINY, TINY_GAN_FLAGS, copy_stages, run_train, server_e
 
 # TensorFlow gives every process one intra-op thread per core. With several test processes
 # (pytest-xdist) that oversubscribes the CPU, so each process, and the training processes its
-# tests start, gets its share of the cores (one each for two workers on two cores: the suite
-# took 3 min 30-37 s against 3 min 42-50 s, docs/testing.md). A value set by the caller wins.
+# tests start, gets its share of the cores (one each for two workers on two cores; the measured
+# difference is in docs/testing.md). A value set by the caller wins.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS",

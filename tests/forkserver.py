@@ -22,6 +22,7 @@ the reply lines on stdout are `{"pid": ...}` then `{"returncode": ...}`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import select
@@ -147,22 +148,17 @@ class _Server:
                                               "stdout": out, "stderr": err}) + "\n")
             self.proc.stdin.flush()
             pid = self._read(timeout=60)["pid"]
-            deadline = time.monotonic() + timeout
-            reply = None
-            while reply is None and time.monotonic() < deadline:
-                wait = deadline - time.monotonic()
-                reply = self._read(timeout=max(0.0, min(wait, 0.05) if kill_when else wait))
-                if reply is None and kill_when is not None and kill_when():
+
+            def returncode(seconds):
+                reply = self._read(timeout=seconds)
+                return None if reply is None else reply["returncode"]
+
+            def kill():   # (the server may have reaped it a moment ago)
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                    reply = self._read(timeout=60)
-            timed_out = reply is None
-            if timed_out:
-                os.kill(pid, signal.SIGKILL)
-                reply = self._read(timeout=60)
-            stdout, stderr = _read_text(out), _read_text(err)
-        if timed_out:
-            raise subprocess.TimeoutExpired(argv, timeout, output=stdout, stderr=stderr)
-        return subprocess.CompletedProcess(list(argv), reply["returncode"], stdout, stderr)
+
+            status, timed_out = _wait(returncode, kill, timeout, kill_when)
+            return _outcome(argv, out, err, status, timed_out, timeout)
 
     def close(self):
         if self.proc.poll() is None:
@@ -177,6 +173,32 @@ class _Server:
 def _read_text(path):
     with open(path, encoding="utf-8", errors="replace") as handle:
         return handle.read()
+
+
+def _wait(returncode, kill, timeout, kill_when):
+    """Waits up to `timeout` s for a command's exit status (`returncode(seconds)`: the status,
+    or None while it runs), killing it (`kill()`) once `kill_when()` holds, polled every 50 ms,
+    or at the timeout. Returns (status, timed_out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            kill()
+            return returncode(60), True
+        status = returncode(min(left, 0.05) if kill_when else left)
+        if status is not None:
+            return status, False
+        if kill_when is not None and kill_when():
+            kill()
+            return returncode(60), False
+
+
+def _outcome(argv, out, err, status, timed_out, timeout):
+    """What `subprocess.run` gives for a command whose stdout and stderr went to files."""
+    stdout, stderr = _read_text(out), _read_text(err)
+    if timed_out:
+        raise subprocess.TimeoutExpired(argv, timeout, output=stdout, stderr=stderr)
+    return subprocess.CompletedProcess(list(argv), status, stdout, stderr)
 
 
 def _pythonpath():
@@ -200,37 +222,29 @@ def run(argv, env=None, cwd=None, timeout=900, kill_when=None):
     python_command = (len(argv) >= 2 and argv[0] == sys.executable and
                       (argv[1] == "-c" and len(argv) >= 3 or argv[1].endswith(".py")))
     if os.environ.get("DIBIGAN_TEST_FORK", "1") == "0" or not python_command:
-        if kill_when is None:
-            return subprocess.run(list(argv), capture_output=True, text=True, env=env,
-                                  cwd=cwd, timeout=timeout)
-        return _popen_until(argv, env, cwd, timeout, kill_when)
+        return _run_fresh(argv, env, cwd, timeout, kill_when)
     if _server is None:
         _server = _Server()
         atexit.register(_server.close)
     return _server.run(argv, env, cwd, timeout, kill_when)
 
 
-def _popen_until(argv, env, cwd, timeout, kill_when):
-    """`run` with `kill_when` in a fresh interpreter."""
+def _run_fresh(argv, env, cwd, timeout, kill_when):
+    """`run` in a process of its own, started by `subprocess`."""
     with tempfile.TemporaryDirectory(prefix="forkrun-") as tmp:
         out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
         with open(out, "w") as out_handle, open(err, "w") as err_handle:
             proc = subprocess.Popen(list(argv), stdout=out_handle, stderr=err_handle, env=env,
                                     cwd=cwd)
-            deadline = time.monotonic() + timeout
-            while proc.poll() is None and time.monotonic() < deadline:
-                if kill_when():
-                    proc.send_signal(signal.SIGKILL)
-                    break
-                time.sleep(0.05)
-            timed_out = proc.poll() is None and time.monotonic() >= deadline
-            if timed_out:
-                proc.kill()
-            proc.wait()
-        stdout, stderr = _read_text(out), _read_text(err)
-    if timed_out:
-        raise subprocess.TimeoutExpired(argv, timeout, output=stdout, stderr=stderr)
-    return subprocess.CompletedProcess(list(argv), proc.returncode, stdout, stderr)
+
+        def returncode(seconds):
+            try:
+                return proc.wait(timeout=seconds)
+            except subprocess.TimeoutExpired:
+                return None
+
+        status, timed_out = _wait(returncode, proc.kill, timeout, kill_when)
+        return _outcome(argv, out, err, status, timed_out, timeout)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,19 @@ def latest_step(ckpt_dir):
     return int(match.group(1)) if match else -1
 
 
+class StepReached:
+    """A `forkserver.run(..., kill_when=...)` condition: true once `ckpt_dir` holds a checkpoint
+    of `step` or later; `seen` is the step found at the last check (the one the run was killed
+    at)."""
+
+    def __init__(self, ckpt_dir, step):
+        self.ckpt_dir, self.step, self.seen = str(ckpt_dir), step, -1
+
+    def __call__(self):
+        self.seen = latest_step(self.ckpt_dir)
+        return self.seen >= self.step
+
+
 def server_embedding(images):
     """What the test server answers: per-image channel means, then 1 and -2."""
     means = images.astype(np.float64).mean(axis=(1, 2))

@@ -28,6 +28,8 @@ def _probe(tmp_path, code, fork=True):
                           timeout=120)
 
 
+@pytest.mark.skipif(os.environ.get("DIBIGAN_TEST_FORK", "1") == "0",
+                    reason="DIBIGAN_TEST_FORK=0: run() starts no fork to compare")
 def test_a_fork_answers_as_a_fresh_interpreter(tmp_path):
     import json
     forked, fresh = _probe(tmp_path, 3), _probe(tmp_path, 3, fork=False)

@@ -13,7 +13,7 @@ import tensorflow as tf
 from dibigan_tf.training.common import Stage, TrainingError
 from dibigan_tf.training.loops import run_phase
 from tests import forkserver
-from tests.support import TINY_KILLABLE, latest_step as _latest_step, train_command
+from tests.support import TINY_KILLABLE, StepReached, latest_step as _latest_step, train_command
 
 
 def _toy_stage(tmp_path):
@@ -55,15 +55,10 @@ def _command(tmp_path, stage, *extra):
 def _kill_and_resume(tmp_path, stage_flag, stage_dir, expected_steps):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     ckpt = tmp_path / "crash" / stage_dir / "ckpt"
-    steps = []
-
-    def reached_step_5():
-        steps.append(_latest_step(str(ckpt)))
-        return steps[-1] >= 5
-
+    step_5 = StepReached(ckpt, 5)
     first = forkserver.run(_command(tmp_path, stage_flag), env=env, timeout=600,
-                           kill_when=reached_step_5)
-    killed = steps[-1]
+                           kill_when=step_5)
+    killed = step_5.seen
     assert first.returncode == -signal.SIGKILL and killed >= 5, (
         first.returncode, (first.stdout + first.stderr)[-3000:])
     assert not (tmp_path / "crash" / stage_dir / "done.json").exists()

@@ -8,7 +8,8 @@ import re
 import signal
 
 from tests import forkserver
-from tests.support import TINY_KILLABLE, copy_stages, latest_step as _latest_step, train_command
+from tests.support import (TINY_KILLABLE, StepReached, copy_stages, latest_step as _latest_step,
+                           train_command)
 
 
 #: G/D's phases: 16x16 64 images, the fade-in 64, 32x32 256 (4 + 4 + 16 steps of 16, a
@@ -25,17 +26,11 @@ def test_sigkill_in_gan_stage_resumes_from_last_checkpoint(tmp_path, tiny_base):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     run_dir = tmp_path / "tiny"
     copy_stages(tiny_base, run_dir)
-    killed_at = []
-
-    def reached_step_10():
-        step = _latest_step(str(run_dir / "gan" / "ckpt"))
-        killed_at.append(step)
-        return step >= 10
-
-    first = forkserver.run(_command(tmp_path), env=env, timeout=600, kill_when=reached_step_10)
-    assert first.returncode == -signal.SIGKILL and killed_at[-1] >= 10, (
+    step_10 = StepReached(run_dir / "gan" / "ckpt", 10)
+    first = forkserver.run(_command(tmp_path), env=env, timeout=600, kill_when=step_10)
+    killed_at = step_10.seen
+    assert first.returncode == -signal.SIGKILL and killed_at >= 10, (
         first.returncode, (first.stdout + first.stderr)[-3000:])
-    killed_at = killed_at[-1]
     assert not (run_dir / "gan" / "done.json").exists()
     before = {s: os.path.getmtime(run_dir / s / "done.json") for s in ("matcher", "student", "flow")}
     last_saved = _latest_step(str(run_dir / "gan" / "ckpt"))
