@@ -123,17 +123,27 @@ class _Server:
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)], cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, env=env, text=True)
+        self._pending = b""
         if self._read(timeout=300) is None:   # {"ready": true}
             self.proc.kill()
             self._stopped("did not start in 300 s")
 
     def _read(self, timeout):
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            return None
-        line = self.proc.stdout.readline()
-        if not line:
-            self._stopped("stopped")
+        """The server's next reply line, or None if none came within `timeout` s. The pipe is
+        read with os.read into this client's own buffer: a buffered `readline` could take both
+        reply lines of a command that exits at once, leaving the second where `select` does not
+        see it."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            ready, _, _ = select.select([self.proc.stdout], [], [],
+                                        max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return None
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                self._stopped("stopped")
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
         return json.loads(line)
 
     def _stopped(self, what):

@@ -76,3 +76,20 @@ def test_kill_when_sigkills_the_command_once_the_condition_holds(tmp_path, monke
     done = forkserver.run([sys.executable, "-c", "print('ok')"], timeout=60,
                           kill_when=lambda: False)
     assert done.returncode == 0 and done.stdout.split() == ["ok"]
+
+
+def test_two_replies_in_one_read_are_both_answered():
+    """A command that exits at once: the server's pid and exit-status lines can reach the
+    client in one read, and the second must be answered at once, not after the timeout."""
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.stdout.write('{\"pid\": 7}\\n{\"returncode\": 0}\\n'); "
+        "sys.stdout.flush(); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        client = object.__new__(forkserver._Server)   # its reading, on a stand-in server
+        client.proc, client._pending = writer, b""
+        assert client._read(timeout=30) == {"pid": 7}
+        assert client._read(timeout=1) == {"returncode": 0}
+        assert client._read(timeout=0.2) is None
+    finally:
+        writer.kill()
+        writer.wait()
