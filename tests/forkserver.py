@@ -116,6 +116,30 @@ def _reply(message):
 
 
 # ----------------------------------------------------------------------------- client
+class _Replies:
+    """The server's JSON reply lines, read from its stdout with os.read into a buffer of their
+    own: a buffered `readline` could take both reply lines of a command that exits at once in
+    one read, leaving the second where `select` does not see it."""
+
+    def __init__(self, stream):
+        self.fd, self.pending = stream.fileno(), b""
+
+    def next(self, timeout):
+        """The next reply, or None if none came within `timeout` s; EOFError once the pipe has
+        closed."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.pending:
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return None
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                raise EOFError
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+
 class _Server:
     def __init__(self):
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=_pythonpath())
@@ -123,28 +147,16 @@ class _Server:
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)], cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, env=env, text=True)
-        self._pending = b""
+        self.replies = _Replies(self.proc.stdout)
         if self._read(timeout=300) is None:   # {"ready": true}
             self.proc.kill()
             self._stopped("did not start in 300 s")
 
     def _read(self, timeout):
-        """The server's next reply line, or None if none came within `timeout` s. The pipe is
-        read with os.read into this client's own buffer: a buffered `readline` could take both
-        reply lines of a command that exits at once, leaving the second where `select` does not
-        see it."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._pending:
-            ready, _, _ = select.select([self.proc.stdout], [], [],
-                                        max(0.0, deadline - time.monotonic()))
-            if not ready:
-                return None
-            chunk = os.read(self.proc.stdout.fileno(), 65536)
-            if not chunk:
-                self._stopped("stopped")
-            self._pending += chunk
-        line, self._pending = self._pending.split(b"\n", 1)
-        return json.loads(line)
+        try:
+            return self.replies.next(timeout)
+        except EOFError:
+            self._stopped("stopped")
 
     def _stopped(self, what):
         with open(self.log.name, errors="replace") as handle:

@@ -85,11 +85,10 @@ def test_two_replies_in_one_read_are_both_answered():
         "import sys, time; sys.stdout.write('{\"pid\": 7}\\n{\"returncode\": 0}\\n'); "
         "sys.stdout.flush(); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
     try:
-        client = object.__new__(forkserver._Server)   # its reading, on a stand-in server
-        client.proc, client._pending = writer, b""
-        assert client._read(timeout=30) == {"pid": 7}
-        assert client._read(timeout=1) == {"returncode": 0}
-        assert client._read(timeout=0.2) is None
+        replies = forkserver._Replies(writer.stdout)   # what the client reads, from a stand-in
+        assert replies.next(timeout=30) == {"pid": 7}
+        assert replies.next(timeout=1) == {"returncode": 0}
+        assert replies.next(timeout=0.2) is None
     finally:
         writer.kill()
         writer.wait()
