@@ -300,6 +300,11 @@ class RunConfig:
     augment_copies: int = setting(0, "Fixed random affine copies of each training image, each "
                                   "queried through F once, added to the attacker's (image, "
                                   "feature) pairs (0: none).")
+    augment_mirror: float = setting(0.0, "Chance that an affine copy is also mirrored "
+                                    "left-right (0: never).", lower_bound=0.0, upper_bound=1.0)
+    augment_mix: float = setting(0.0, "Chance that an affine copy is blended with another copy "
+                                 "(mixup, weight < 0.5 on the other; an extension beyond the "
+                                 "paper; 0: never).", lower_bound=0.0, upper_bound=1.0)
     augment_stages: str = setting("student,gan", "Stages that train on the augmented pairs: any "
                                   "of student, flow, gan.", kind="str_list")
     # Figure 3 (stage figure3): pairs of G, with and without L_biject, on this many G seeds; the

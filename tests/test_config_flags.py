@@ -71,7 +71,10 @@ def _other(spec):
             else default + 1
         return str(value), value
     if kind == "float":
-        return str(default * 2 + 1.5), default * 2 + 1.5
+        value = default * 2 + 1.5
+        if meta["upper_bound"] is not None:      # inside the range: halfway to its top
+            value = (default + meta["upper_bound"]) / 2
+        return str(value), value
     if meta["choices"]:
         value = [c for c in meta["choices"] if c != default][0]
         return value, value

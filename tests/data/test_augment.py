@@ -58,3 +58,35 @@ def test_bad_copies_and_mismatched_sets_are_refused():
         concatenate(data, rgb)
     joined = concatenate(data, data)
     assert len(joined) == 8 and joined.labels.tolist() == data.labels.tolist() * 2
+
+
+def test_mirror_and_mix_change_only_what_they_name():
+    data = load_embedded_digits().subset(np.arange(0, 5000, 250))
+    plain = affine_copies(data, 2, seed=3)
+    np.testing.assert_array_equal(affine_copies(data, 2, seed=3, mirror=0.0, mix=0.0).images,
+                                  plain.images)
+    # mirror=1: every copy is the plain copy mirrored left-right, the labels unchanged
+    mirrored = affine_copies(data, 2, seed=3, mirror=1.0)
+    np.testing.assert_array_equal(mirrored.images, plain.images[:, :, ::-1])
+    np.testing.assert_array_equal(mirrored.labels, plain.labels)
+    half = affine_copies(data, 2, seed=3, mirror=0.5).images
+    flipped = [np.array_equal(h, p[:, ::-1]) and not np.array_equal(h, p)
+               for h, p in zip(half, plain.images)]
+    assert 0 < sum(flipped) < len(half)
+    # mix=1: every copy lies between itself (weight > 0.5) and another copy, pixel by pixel
+    mixed = affine_copies(data, 2, seed=3, mix=1.0)
+    np.testing.assert_array_equal(mixed.labels, plain.labels)
+    own = plain.images.astype(float)
+    assert not np.array_equal(mixed.images, plain.images)
+    closer = np.abs(mixed.images - own).reshape(40, -1).sum(1)
+    nearest_other = np.array([min(np.abs(mixed.images[i].astype(float) - own[j]).sum()
+                                  for j in range(40) if j != i) for i in range(40)])
+    assert np.all(closer <= nearest_other)
+
+
+def test_mirror_and_mix_chances_outside_0_1_are_refused():
+    data = load_embedded_digits().subset(np.arange(4))
+    with pytest.raises(DataError, match="mirror chance"):
+        affine_copies(data, 1, seed=0, mirror=1.5)
+    with pytest.raises(DataError, match="mix chance"):
+        affine_copies(data, 1, seed=0, mix=-0.1)
