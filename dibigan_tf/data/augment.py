@@ -57,22 +57,31 @@ def affine_image(image, rotation, scale, shear, dx, dy):
     return np.stack(channels, axis=-1)
 
 
-def affine_copies(images: ImageSet, copies: int, seed: int, mirror: float = 0.0,
-                  mix: float = 0.0, **ranges) -> ImageSet:
+def mirror(images) -> np.ndarray:
+    """Horizontal mirror of [n, h, w, c] images (a contiguous copy, so a feature store hashes
+    and stores it as an image of its own)."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"images must be [n, h, w, c], got shape {images.shape}")
+    return np.ascontiguousarray(images[:, :, ::-1])
+
+
+def affine_copies(images: ImageSet, copies: int, seed: int, mirror_chance: float = 0.0,
+                  mix_chance: float = 0.0, **ranges) -> ImageSet:
     """`copies` random affine copies of every image (copy-major order: all images' first copy,
     then all second copies...), with the labels of their sources. copies=0 gives an empty set.
 
-    mirror: the chance that a copy is also mirrored left-right (a face's mirror is another
-    aligned photo of the same person). mix: the chance that a copy is blended with another
+    mirror_chance: the chance that a copy is also mirrored left-right (a face's mirror is another
+    aligned photo of the same person). mix_chance: the chance that a copy is blended with another
     copy, drawn at random from all copies, at a weight uniform in [0, 0.5) on the other (mixup
     of two photos; the copy keeps its own label, the larger share). The matcher's answers on
     such in-between images teach the student what F does between faces, where G's images lie
     while it trains. Both are drawn from generators of their own, so the affine copies of a
-    seed are the same whatever mirror and mix are.
+    seed are the same whatever the two chances are.
     """
     if copies < 0:
         raise DataError(f"the number of augmented copies must be >= 0, got {copies}")
-    for name, value in (("mirror", mirror), ("mix", mix)):
+    for name, value in (("mirror", mirror_chance), ("mix", mix_chance)):
         if not 0.0 <= value <= 1.0:
             raise DataError(f"the {name} chance of the augmented copies must be in [0, 1], "
                             f"got {value}")
@@ -82,16 +91,18 @@ def affine_copies(images: ImageSet, copies: int, seed: int, mirror: float = 0.0,
     for k in range(copies):
         for i in range(n):
             out[k * n + i] = affine_image(images.images[i], *random_affine_params(rng, **ranges))
-    if mirror > 0 and len(out):
-        flip = np.random.default_rng([seed, 7919, 1]).random(len(out)) < mirror
-        out[flip] = out[flip][:, :, ::-1]
-    if mix > 0 and len(out):
+    if mirror_chance > 0 and len(out):
+        flip = np.random.default_rng([seed, 7919, 1]).random(len(out)) < mirror_chance
+        out[flip] = mirror(out[flip])
+    if mix_chance > 0 and len(out):
         draw = np.random.default_rng([seed, 7919, 2])
-        blend = draw.random(len(out)) < mix
-        partner = draw.integers(0, len(out), len(out))
-        weight = draw.uniform(0.0, 0.5, len(out)).reshape((-1,) + (1,) * (out.ndim - 1))
-        mixed = (1.0 - weight) * out + weight * out[partner]
-        out[blend] = np.clip(np.rint(mixed[blend]), 0, 255).astype(np.uint8)
+        blend = np.flatnonzero(draw.random(len(out)) < mix_chance)
+        partner = draw.integers(0, len(out), len(out))[blend]
+        weight = draw.uniform(0.0, 0.5, len(out))[blend].reshape((-1,) + (1,) * (out.ndim - 1))
+        # only the blended copies, in float (all of them at once would hold every copy in
+        # float64); the partners are read before any copy is overwritten
+        mixed = (1.0 - weight) * out[blend] + weight * out[partner]
+        out[blend] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
     return ImageSet(out, np.tile(images.labels, copies), list(images.class_names))
 
 

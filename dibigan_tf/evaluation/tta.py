@@ -9,14 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def mirror(images) -> np.ndarray:
-    """Horizontal mirror of [n, h, w, c] images (a contiguous copy, so a feature store hashes
-    and stores it as an image of its own)."""
-    images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"images must be [n, h, w, c], got shape {images.shape}")
-    return np.ascontiguousarray(images[:, :, ::-1])
+from dibigan_tf.data.augment import mirror  # noqa: F401  (the one mirror: also the copies')
 
 
 def embed_with_flip(embed, images, flip_tta: bool) -> np.ndarray:

@@ -164,8 +164,8 @@ def attack_images(cfg: RunConfig, train):
     same images, so the store queries none of them twice)."""
     if not cfg.augment_copies:
         return train
-    extra = affine_copies(train, cfg.augment_copies, cfg.seed, mirror=cfg.augment_mirror,
-                          mix=cfg.augment_mix)
+    extra = affine_copies(train, cfg.augment_copies, cfg.seed, mirror_chance=cfg.augment_mirror,
+                          mix_chance=cfg.augment_mix)
     logging.info("augmentation: %d affine copies of the %d training images", len(extra),
                  len(train))
     return concatenate(train, extra)

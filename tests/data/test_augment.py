@@ -63,18 +63,18 @@ def test_bad_copies_and_mismatched_sets_are_refused():
 def test_mirror_and_mix_change_only_what_they_name():
     data = load_embedded_digits().subset(np.arange(0, 5000, 250))
     plain = affine_copies(data, 2, seed=3)
-    np.testing.assert_array_equal(affine_copies(data, 2, seed=3, mirror=0.0, mix=0.0).images,
+    np.testing.assert_array_equal(affine_copies(data, 2, seed=3, mirror_chance=0.0, mix_chance=0.0).images,
                                   plain.images)
-    # mirror=1: every copy is the plain copy mirrored left-right, the labels unchanged
-    mirrored = affine_copies(data, 2, seed=3, mirror=1.0)
+    # mirror_chance=1: every copy is the plain copy mirrored left-right, the labels unchanged
+    mirrored = affine_copies(data, 2, seed=3, mirror_chance=1.0)
     np.testing.assert_array_equal(mirrored.images, plain.images[:, :, ::-1])
     np.testing.assert_array_equal(mirrored.labels, plain.labels)
-    half = affine_copies(data, 2, seed=3, mirror=0.5).images
+    half = affine_copies(data, 2, seed=3, mirror_chance=0.5).images
     flipped = [np.array_equal(h, p[:, ::-1]) and not np.array_equal(h, p)
                for h, p in zip(half, plain.images)]
     assert 0 < sum(flipped) < len(half)
-    # mix=1: every copy lies between itself (weight > 0.5) and another copy, pixel by pixel
-    mixed = affine_copies(data, 2, seed=3, mix=1.0)
+    # mix_chance=1: every copy lies between itself (weight > 0.5) and another copy, pixel by pixel
+    mixed = affine_copies(data, 2, seed=3, mix_chance=1.0)
     np.testing.assert_array_equal(mixed.labels, plain.labels)
     own = plain.images.astype(float)
     assert not np.array_equal(mixed.images, plain.images)
@@ -87,6 +87,6 @@ def test_mirror_and_mix_change_only_what_they_name():
 def test_mirror_and_mix_chances_outside_0_1_are_refused():
     data = load_embedded_digits().subset(np.arange(4))
     with pytest.raises(DataError, match="mirror chance"):
-        affine_copies(data, 1, seed=0, mirror=1.5)
+        affine_copies(data, 1, seed=0, mirror_chance=1.5)
     with pytest.raises(DataError, match="mix chance"):
-        affine_copies(data, 1, seed=0, mix=-0.1)
+        affine_copies(data, 1, seed=0, mix_chance=-0.1)
