@@ -63,8 +63,8 @@ def test_bad_copies_and_mismatched_sets_are_refused():
 def test_mirror_and_mix_change_only_what_they_name():
     data = load_embedded_digits().subset(np.arange(0, 5000, 250))
     plain = affine_copies(data, 2, seed=3)
-    np.testing.assert_array_equal(affine_copies(data, 2, seed=3, mirror_chance=0.0, mix_chance=0.0).images,
-                                  plain.images)
+    off = affine_copies(data, 2, seed=3, mirror_chance=0.0, mix_chance=0.0)
+    np.testing.assert_array_equal(off.images, plain.images)
     # mirror_chance=1: every copy is the plain copy mirrored left-right, the labels unchanged
     mirrored = affine_copies(data, 2, seed=3, mirror_chance=1.0)
     np.testing.assert_array_equal(mirrored.images, plain.images[:, :, ::-1])
