@@ -11,7 +11,8 @@ what the face recipe is judged on, read from the run's report and from `evaluate
 Columns: F^S on the held-out people (centred cosine, verification, TAR at FAR 1e-3; from
 `<run>/student/metrics.json` when `--stage=student` wrote it), the stages' training seconds,
 reconstruction verification, type-I attack TAR at FAR 1e-3 with its mean and worst over the
-draws of v, type-II, rank-1, MS-SSIM of reconstructions of different people (PGGAN definition),
+draws of v, type-II, rank-1 (with, where evaluate.py measured it, the mean over people of each
+person's rank-1), MS-SSIM of reconstructions of different people (PGGAN definition),
 the mean cosine of F(reconstruction) to F(input), and v_variation. Where evaluate.py measured a
 quantity (on the `make_pairs.py` pairs and every image of the held-out people) its value is the
 cell; otherwise the report's (verification on its balanced pairs, `recon_class_agreement` for
@@ -38,7 +39,7 @@ def define_flags():
 
 HEADER = ("| run | change | F^S held-out: centred cosine / verification / TAR@1e-3 | "
           "time (F^S, H, G/D) | recon verification | type-I TAR@1e-3 (v mean / worst) | "
-          "type-II | rank-1 | MS-SSIM recon | F cosine | v_variation |")
+          "type-II | rank-1 (per person) | MS-SSIM recon | F cosine | v_variation |")
 
 
 def _read(path):
@@ -76,11 +77,15 @@ def log_row(run_dir: str, change: str = "", evaluate_dir: str = "evaluate") -> s
         """evaluate.py's value of `key`, else the report's (of `report_key`, default `key`)."""
         return _num(attack.get(key, report.get(report_key or key)))
 
+    rank1_cell = measured("recon_rank1", "recon_class_agreement")
+    if "recon_rank1" in attack and "recon_rank1_balanced" in attack:
+        rank1_cell += f" ({_num(attack['recon_rank1_balanced'])})"
+
     cells = [f"`{os.path.basename(os.path.normpath(run_dir))}`", change or "-", fs,
              ", ".join(_seconds(seconds.get(k)) for k in ("student", "flow", "gan")),
              measured("recon_verification_accuracy"), type1_cell,
              _num(attack.get("attack_type2_tar_at_far_1e-03")),
-             measured("recon_rank1", "recon_class_agreement"),
+             rank1_cell,
              _num(attack.get("ms_ssim_pggan_recon")),
              measured("feature_cosine_mean"), measured("v_variation")]
     return "| " + " | ".join(cells) + " |"

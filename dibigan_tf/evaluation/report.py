@@ -47,6 +47,7 @@ def evaluate_reconstructions(real_features, recon_features, labels, centroid_fea
         **ver.metrics_json_keys(real, "real_"),
         **ver.metrics_json_keys(recon, "recon_"),
         "recon_class_agreement": float(np.mean(predicted == np.asarray(labels))),
+        "recon_class_agreement_balanced": ver.class_balanced_agreement(labels, predicted),
         "real_class_agreement": ver.nearest_centroid_agreement(
             real_features, labels, centroid_features, centroid_labels),
         "feature_cosine_mean": float(np.mean(ver.cosine_similarity_rows(recon_features,
@@ -103,7 +104,8 @@ def write_report(report_dir, metrics: dict, figure: np.ndarray, title: str, note
     lines = [f"# {title}", ""]
     lines += ["| metric | value |", "|---|---|"]
     for key in ("real_verification_accuracy", "recon_verification_accuracy",
-                "recon_class_agreement", "real_class_agreement", "feature_cosine_mean",
+                "recon_class_agreement", "recon_class_agreement_balanced", "real_class_agreement",
+                "feature_cosine_mean",
                 "real_tar_at_far_1e-03", "recon_tar_at_far_1e-03", "real_val_cv_at_far_1e-03",
                 "recon_val_cv_at_far_1e-03", "flow_bits_per_dim",
                 "student_cosine_heldout", "blackbox_queries"):

@@ -810,6 +810,30 @@ def nearest_centroid_labels(embeddings, labels, centroid_embeddings,
     return _nearest_centroid(embeddings, labels, centroid_embeddings, centroid_labels)[1]
 
 
+def class_balanced_agreement(labels, predicted) -> float:
+    """Mean over classes of the share of each class's rows with ``predicted == labels``.
+
+    The plain share (``nearest_centroid_agreement``) weighs a class by its number of rows, so a
+    face set where one person has hundreds of photos and most have one or two is measured
+    mostly on that person; this weighs every class once.
+
+    Raises:
+      ValueError: if the two are not 1-D of one length, or are empty.
+    """
+    labels = np.asarray(labels)
+    predicted = np.asarray(predicted)
+    if labels.ndim != 1 or labels.shape != predicted.shape:
+        raise ValueError(f"labels and predicted must be 1-D of one length, got shapes "
+                         f"{labels.shape} and {predicted.shape}")
+    if labels.size == 0:
+        raise ValueError("labels must be non-empty")
+    classes, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    hits = np.bincount(inverse, weights=(predicted == labels).astype(np.float64),
+                       minlength=classes.size)
+    return float(np.mean(hits / np.bincount(inverse, minlength=classes.size)))
+
+
 def nearest_centroid_agreement(embeddings, labels, centroid_embeddings,
                                centroid_labels) -> float:
     """Fraction of rows whose nearest class centroid (by cosine) has their label.

@@ -44,6 +44,10 @@ def test_row_reads_each_measure_from_its_file(tmp_path):
     assert cells[4:] == ["0.960", "0.114 (0.111 / 0.062)", "0.046", "0.123", "0.307", "0.931",
                          "0.390"]
     assert len(cells) == face_log_row.HEADER.count(" | ") + 1
+    # the per-person mean of rank-1 beside it when evaluate.py measured that too
+    _write(run / "evaluate" / "metrics.json", {"recon_rank1": 0.12345,
+                                               "recon_rank1_balanced": 0.0987})
+    assert face_log_row.log_row(str(run)).strip("| ").split(" | ")[7] == "0.123 (0.099)"
 
 
 def test_a_run_without_a_report_is_a_one_line_error(tmp_path):

@@ -52,6 +52,18 @@ def test_confusion_is_left_out_for_many_identities():
     assert "recon_class_confusion" not in out and out["recon_class_agreement"] == 1.0
 
 
+def test_balanced_agreement_weighs_each_class_once():
+    # class 0 has 60 rows, classes 1-3 have 4 each; only class 0's reconstructions land home
+    labels = np.concatenate([np.zeros(60, int), np.repeat(np.arange(1, 4), 4)])
+    real = _clustered(labels, seed=2)
+    recon = real.copy()
+    recon[60:] = _clustered(np.zeros(12, int), seed=3)      # classes 1-3 reconstructed as 0
+    out = evaluate_reconstructions(real, recon, labels, real, labels, num_positive=50,
+                                   num_negative=50, seed=0)
+    assert out["recon_class_agreement"] == pytest.approx(60 / 72)
+    assert out["recon_class_agreement_balanced"] == pytest.approx(0.25)
+
+
 def test_reconstruction_figure_rows_per_class():
     labels = np.repeat(np.arange(3), 9)
     inputs = np.zeros((27, 4, 4, 1), np.uint8)

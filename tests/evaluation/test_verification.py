@@ -395,6 +395,17 @@ def test_nearest_centroid_agreement_2d_hand_example():
     assert V.nearest_centroid_agreement(q, q_lab, cent, cent_lab) == pytest.approx(0.75)
 
 
+def test_class_balanced_agreement_hand_example():
+    # "a": 3 of 4 right, "b": 0 of 1, "c": 2 of 2 -> plain 5/7, balanced (0.75 + 0 + 1) / 3
+    labels = ["a", "a", "a", "a", "b", "c", "c"]
+    predicted = ["a", "a", "a", "c", "a", "c", "c"]
+    assert V.class_balanced_agreement(labels, predicted) == pytest.approx(1.75 / 3)
+    with pytest.raises(ValueError, match="one length"):
+        V.class_balanced_agreement(labels, predicted[:-1])
+    with pytest.raises(ValueError, match="non-empty"):
+        V.class_balanced_agreement([], [])
+
+
 def test_nearest_centroid_agreement_missing_label():
     with pytest.raises(ValueError, match="no centroid"):
         V.nearest_centroid_agreement([[1.0, 0.0]], [5], [[1.0, 0.0]], [0])

@@ -154,12 +154,17 @@ def test_trained_generator_evaluate_and_export(tmp_path, tiny_run):
     expected = float(np.mean(cosine_similarity_rows(recon_feats, real)))
     assert abs(metrics["feature_cosine_mean"] - expected) < 1e-3, (metrics, expected)
     # rank-1 among the file's 10 people: each image's nearest person centroid of real features
-    from dibigan_tf.evaluation.verification import nearest_centroid_agreement
+    from dibigan_tf.evaluation.verification import (class_balanced_agreement,
+                                                    nearest_centroid_agreement,
+                                                    nearest_centroid_labels)
     people = np.array([n for n, _ in used])
     assert metrics["rank1_people"] == 10
     for key, probes in (("recon_rank1", recon_feats), ("real_rank1", real)):
         value = nearest_centroid_agreement(probes, people, real, people)
         assert abs(metrics[key] - value) < 1e-6, (key, metrics[key], value)
+        balanced = class_balanced_agreement(people, nearest_centroid_labels(probes, people, real,
+                                                                            people))
+        assert abs(metrics[f"{key}_balanced"] - balanced) < 1e-6, (key, metrics, balanced)
     _export_and_reconstruct(tmp_path, run_dir, feats, generator)
 
 
