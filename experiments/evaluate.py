@@ -23,7 +23,8 @@ image against how much the feature does, and type-I TAR at FAR 0.1% for each of 
 64 features seeded by --seed), rank-1 identification of each reconstruction among the pairs
 file's people (`recon_rank1`; `real_rank1`, for the photos themselves, is there without
 --generator too; `*_rank1_balanced`: the mean over people of each person's rank-1, so that one
-person's hundreds of photos weigh as much as another's two; LFW pairs files only) and, with --inception_weights, the Inception Score.
+person's hundreds of photos weigh as much as another's two; LFW pairs files only) and, with
+--inception_weights, the Inception Score.
 Writes <output_dir>/metrics.json (the training report's keys where they mean the same) and
 <output_dir>/reconstructions.png.
 """
@@ -223,10 +224,15 @@ def evaluate():
     # cosine to the mean of that person's real features (the run report's recon_class_agreement
     # for face runs); a .bin names no people
     people = None if FLAGS.pairs.endswith(".bin") else np.asarray(names)
+
+    def rank1(prefix, probes):
+        """<prefix>rank1 and <prefix>rank1_balanced (its mean over people) from one pass."""
+        predicted = ver.nearest_centroid_labels(probes, people, feats, people)
+        metrics[f"{prefix}rank1"] = float(np.mean(predicted == people))
+        metrics[f"{prefix}rank1_balanced"] = ver.class_balanced_agreement(people, predicted)
+
     if people is not None:
-        metrics["real_rank1"] = ver.nearest_centroid_agreement(feats, people, feats, people)
-        metrics["real_rank1_balanced"] = ver.class_balanced_agreement(
-            people, ver.nearest_centroid_labels(feats, people, feats, people))
+        rank1("real_", feats)
         metrics["rank1_people"] = int(len(set(names)))
     different = ~same
     k = min(FLAGS.ms_ssim_pairs, int(different.sum()))
@@ -248,9 +254,7 @@ def evaluate():
                                                                                   feats)))
         metrics.update(attack_success(feats, recon_feats, idx_a, idx_b, same))
         if people is not None:
-            predicted = ver.nearest_centroid_labels(recon_feats, people, feats, people)
-            metrics["recon_rank1"] = float(np.mean(predicted == people))
-            metrics["recon_rank1_balanced"] = ver.class_balanced_agreement(people, predicted)
+            rank1("recon_", recon_feats)
         queries = store.total_queries
         metrics.update(v_variation(lambda f, v: generator(f, v=v), plain_feats, feats, scored,
                                    seed=FLAGS.seed, labels=np.asarray(names),

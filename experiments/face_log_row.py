@@ -78,7 +78,7 @@ def log_row(run_dir: str, change: str = "", evaluate_dir: str = "evaluate") -> s
         return _num(attack.get(key, report.get(report_key or key)))
 
     rank1_cell = measured("recon_rank1", "recon_class_agreement")
-    if "recon_rank1" in attack and "recon_rank1_balanced" in attack:
+    if "recon_rank1_balanced" in attack:      # evaluate.py writes it beside recon_rank1
         rank1_cell += f" ({_num(attack['recon_rank1_balanced'])})"
 
     cells = [f"`{os.path.basename(os.path.normpath(run_dir))}`", change or "-", fs,
