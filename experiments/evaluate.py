@@ -23,7 +23,9 @@ image against how much the feature does, and type-I TAR at FAR 0.1% for each of 
 64 features seeded by --seed), rank-1 identification of each reconstruction among the pairs
 file's people (`recon_rank1`; `real_rank1`, for the photos themselves, is there without
 --generator too; `*_rank1_balanced`: the mean over people of each person's rank-1, so that one
-person's hundreds of photos weigh as much as another's two; LFW pairs files only) and, with
+person's hundreds of photos weigh as much as another's two; `*_rank1_loo*`: each photo left out
+of its own person's centroid, over the photos of people with two or more, since the plain real
+figure matches a one-photo person's photo to itself; LFW pairs files only) and, with
 --inception_weights, the Inception Score.
 Writes <output_dir>/metrics.json (the training report's keys where they mean the same) and
 <output_dir>/reconstructions.png.
@@ -226,10 +228,19 @@ def evaluate():
     people = None if FLAGS.pairs.endswith(".bin") else np.asarray(names)
 
     def rank1(prefix, probes):
-        """<prefix>rank1 and <prefix>rank1_balanced (its mean over people) from one pass."""
+        """<prefix>rank1 and <prefix>rank1_balanced (its mean over people) from one pass; the
+        same two with each photo left out of its own person's centroid (<prefix>rank1_loo*),
+        probing the photos of people with two or more."""
         predicted = ver.nearest_centroid_labels(probes, people, feats, people)
         metrics[f"{prefix}rank1"] = float(np.mean(predicted == people))
         metrics[f"{prefix}rank1_balanced"] = ver.class_balanced_agreement(people, predicted)
+        if len(set(names)) < len(names):   # someone has two photos
+            probed, predicted = ver.leave_one_out_nearest_centroid(probes, feats, people)
+            metrics[f"{prefix}rank1_loo"] = float(np.mean(predicted == people[probed]))
+            metrics[f"{prefix}rank1_loo_balanced"] = ver.class_balanced_agreement(
+                people[probed], predicted)
+            metrics["rank1_loo_probes"] = int(probed.size)
+            metrics["rank1_loo_people"] = int(len(set(people[probed].tolist())))
 
     if people is not None:
         rank1("real_", feats)

@@ -66,6 +66,9 @@ __all__ = [
     "verification_metrics",
     "reconstruction_protocol",
     "nearest_centroid_agreement",
+    "nearest_centroid_labels",
+    "class_balanced_agreement",
+    "leave_one_out_nearest_centroid",
 ]
 
 # Above this many candidate pairs, make_pairs samples by rejection instead of
@@ -858,6 +861,60 @@ def nearest_centroid_agreement(embeddings, labels, centroid_embeddings,
     query_labels, nearest = _nearest_centroid(embeddings, labels, centroid_embeddings,
                                               centroid_labels)
     return float(np.mean(nearest == query_labels))
+
+
+def leave_one_out_nearest_centroid(probes, embeddings, labels):
+    """Rank-1 with each probe's own row left out of its own class's centroid.
+
+    Row ``i`` of ``probes`` is matched against class centroids (the mean of the normalised
+    ``embeddings`` of each class, as in ``nearest_centroid_agreement``) where the centroid of
+    its own class ``labels[i]`` is made without ``embeddings[i]``. With ``probes`` the gallery's
+    own rows this is leave-one-out identification; the plain rule scores a class with one row
+    by matching that row to itself, so on LFW-style sets (most people have one or two photos)
+    it is a ceiling, not an identification rate. With ``probes`` the embeddings of images made
+    from row ``i`` (a reconstruction), it asks whether they point to the person's *other*
+    images. Rows of classes with a single row have no centroid left and are not probed; they
+    stay in the gallery as other people. Ties go to the lower class label.
+
+    Args:
+      probes: ``(n, dim)``; row ``i`` belongs to ``embeddings[i]``.
+      embeddings: ``(n, dim)`` gallery rows.
+      labels: ``(n,)`` class labels of both.
+
+    Returns:
+      (probed, predicted): the indices of the probed rows (those of classes with two or more
+      rows, ascending) and their nearest centroid's label.
+
+    Raises:
+      ValueError: on mismatched shapes, empty or non-finite input, or when no class has two
+        rows (nothing to probe).
+    """
+    q = _as_float_array(probes, "probes", ndim=2)
+    g = _as_float_array(embeddings, "embeddings", ndim=2)
+    lab = np.asarray(labels)
+    if q.shape != g.shape:
+        raise ValueError(f"probes and embeddings must have one shape, got {q.shape} and "
+                         f"{g.shape}")
+    if lab.ndim != 1 or lab.shape[0] != g.shape[0]:
+        raise ValueError(f"labels must be 1-D with {g.shape[0]} entries, got shape {lab.shape}")
+    if g.shape[0] == 0:
+        raise ValueError("embeddings must be non-empty")
+    classes, inv = np.unique(lab, return_inverse=True)
+    inv = inv.reshape(-1)
+    counts = np.bincount(inv, minlength=classes.size)
+    probed = np.flatnonzero(counts[inv] >= 2)
+    if probed.size == 0:
+        raise ValueError("no class has two rows: leave-one-out rank-1 has nothing to probe")
+    unit = l2_normalize(g)
+    sums = np.zeros((classes.size, g.shape[1]))
+    np.add.at(sums, inv, unit)
+    centroids = l2_normalize(sums / counts[:, None])
+    qn = l2_normalize(q[probed])
+    scores = qn @ centroids.T
+    own = inv[probed]
+    rest = l2_normalize((sums[own] - unit[probed]) / (counts[own] - 1)[:, None])
+    scores[np.arange(probed.size), own] = np.sum(qn * rest, axis=1)
+    return probed, classes[np.argmax(scores, axis=1)]
 
 
 def _nearest_centroid(embeddings, labels, centroid_embeddings, centroid_labels):

@@ -45,6 +45,9 @@ def test_lfw_folder_and_pairs_with_dlib(tmp_path):
     assert metrics["rank1_people"] == 6 and 0.0 <= metrics["real_rank1"] <= 1.0
     assert 0.0 <= metrics["real_rank1_balanced"] <= 1.0
     assert "recon_rank1" not in metrics and "recon_rank1_balanced" not in metrics
+    assert 0.0 <= metrics["real_rank1_loo"] <= 1.0 and "recon_rank1_loo" not in metrics
+    # every person has two or more readable photos in the file but Person_0 (photo 9 is broken)
+    assert metrics["rank1_loo_probes"] == metrics["images"] - 1 and metrics["rank1_loo_people"] == 5
     named = set()
     for line in lines[1:]:
         parts = line.split("\t")

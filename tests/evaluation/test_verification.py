@@ -406,6 +406,58 @@ def test_class_balanced_agreement_hand_example():
         V.class_balanced_agreement([], [])
 
 
+def _degrees(*angles):
+    return np.array([[np.cos(np.radians(a)), np.sin(np.radians(a))] for a in angles])
+
+
+def test_leave_one_out_hand_example():
+    # a: 0 and 90 deg; b: one photo at 30 deg; c: 180, 190, 200 deg.
+    #   a at 0 deg: its own centroid without it is 90 deg (cos 0), b is 30 deg away -> b
+    #   a at 90 deg: own centroid 0 deg (cos 0), b 60 deg away (cos 0.5) -> b
+    #   (the plain rule puts a's centroid at 45 deg: 90 deg -> a, 0 deg -> b, and b -> b itself)
+    #   c at 180 deg: own centroid 195 deg, 15 deg away -> c; likewise 190 and 200 deg
+    #   b has no other photo: not probed, but stays in the gallery
+    gallery = _degrees(0, 90, 30, 180, 190, 200)
+    labels = np.array(["a", "a", "b", "c", "c", "c"])
+    probed, predicted = V.leave_one_out_nearest_centroid(gallery, gallery, labels)
+    assert probed.tolist() == [0, 1, 3, 4, 5]
+    assert predicted.tolist() == ["b", "b", "c", "c", "c"]
+    plain = V.nearest_centroid_labels(gallery, labels, gallery, labels)
+    assert plain.tolist() == ["b", "a", "b", "c", "c", "c"]
+    # a reconstruction of a's 0-deg photo that lies at 85 deg: a's other photo (90) is nearest
+    probes = gallery.copy()
+    probes[0] = _degrees(85)[0]
+    assert V.leave_one_out_nearest_centroid(probes, gallery, labels)[1][0] == "a"
+
+
+def test_leave_one_out_equals_removing_the_row():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 6, size=40)
+    labels[:6] = np.arange(6)                       # every class present
+    labels[6] = 6                                   # one class of a single row
+    gallery = rng.standard_normal((41, 5))[:40] + labels[:, None] * 0.3
+    probes = gallery + 0.5 * rng.standard_normal(gallery.shape)
+    probed, predicted = V.leave_one_out_nearest_centroid(probes, gallery, labels)
+    expected = []
+    for i in probed:
+        keep = np.arange(len(labels)) != i
+        expected.append(V.nearest_centroid_labels(probes[i:i + 1], labels[i:i + 1],
+                                                  gallery[keep], labels[keep])[0])
+    assert 6 not in probed and probed.size == 39
+    np.testing.assert_array_equal(predicted, expected)
+
+
+def test_leave_one_out_refusals():
+    with pytest.raises(ValueError, match="nothing to probe"):
+        V.leave_one_out_nearest_centroid(np.eye(3), np.eye(3), [0, 1, 2])
+    with pytest.raises(ValueError, match="one shape"):
+        V.leave_one_out_nearest_centroid(np.eye(3), np.eye(3)[:2], [0, 0])
+    with pytest.raises(ValueError, match="labels must be 1-D"):
+        V.leave_one_out_nearest_centroid(np.eye(3), np.eye(3), [0, 0])
+    with pytest.raises(ValueError, match="probes contains NaN"):
+        V.leave_one_out_nearest_centroid(np.full((2, 2), np.nan), np.eye(2), [0, 0])
+
+
 def test_nearest_centroid_agreement_missing_label():
     with pytest.raises(ValueError, match="no centroid"):
         V.nearest_centroid_agreement([[1.0, 0.0]], [5], [[1.0, 0.0]], [0])

@@ -165,6 +165,12 @@ def test_trained_generator_evaluate_and_export(tmp_path, tiny_run):
         balanced = class_balanced_agreement(people, nearest_centroid_labels(probes, people, real,
                                                                             people))
         assert abs(metrics[f"{key}_balanced"] - balanced) < 1e-6, (key, metrics, balanced)
+        # each image left out of its own person's centroid: the gallery without that image
+        hits = [nearest_centroid_labels(probes[i:i + 1], people[i:i + 1], real[keep],
+                                        people[keep])[0] == people[i]
+                for i in range(len(people)) for keep in [np.arange(len(people)) != i]]
+        assert abs(metrics[f"{key}_loo"] - np.mean(hits)) < 1e-6, (key, metrics, hits)
+    assert metrics["rank1_loo_probes"] == 30 and metrics["rank1_loo_people"] == 10
     _export_and_reconstruct(tmp_path, run_dir, feats, generator)
 
 
