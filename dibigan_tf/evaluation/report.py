@@ -22,7 +22,7 @@ REQUIRED_KEYS = ("real_verification_accuracy", "recon_verification_accuracy",
 
 def evaluate_reconstructions(real_features, recon_features, labels, centroid_features,
                              centroid_labels, num_positive=3000, num_negative=3000, seed=0,
-                             fars=(1e-3,)):
+                             fars=(1e-3,), leave_one_out=False):
     """All identity metrics of a set of reconstructions.
 
     real_features[i]: F(x_i) of held-out image i; recon_features[i]: F(G(F(x_i))); labels[i]: its
@@ -31,6 +31,12 @@ def evaluate_reconstructions(real_features, recon_features, labels, centroid_fea
     `verification.metrics_json_keys`: accuracy, the in-sample ROC TAR and the cross-validated VAL
     at each FAR, with their impostor counts; `fold_layout`), plus `recon_class_confusion` (see
     `class_confusion`) when there are at most MAX_CONFUSION_CLASSES classes.
+
+    leave_one_out: for a gallery made of the held-out images themselves (face runs, whose
+    people are held out whole), also `real_/recon_class_agreement_loo` with each image left out
+    of its own identity's centroid (`verification.leave_one_out_nearest_centroid`), over the
+    `class_agreement_loo_images` images of identities with two or more; the plain real agreement
+    matches an identity's single image to itself.
     """
     idx_a, idx_b, is_same = ver.make_pairs(labels, num_positive, num_negative, seed=seed)
     predicted = ver.nearest_centroid_labels(recon_features, labels, centroid_features,
@@ -53,6 +59,12 @@ def evaluate_reconstructions(real_features, recon_features, labels, centroid_fea
         "feature_cosine_mean": float(np.mean(ver.cosine_similarity_rows(recon_features,
                                                                         real_features))),
     }
+    if leave_one_out:
+        for name, probes in (("recon", recon_features), ("real", real_features)):
+            probed, nearest = ver.leave_one_out_nearest_centroid(probes, real_features, labels)
+            out[f"{name}_class_agreement_loo"] = float(np.mean(nearest
+                                                               == np.asarray(labels)[probed]))
+        out["class_agreement_loo_images"] = int(probed.size)
     classes = np.unique(centroid_labels)     # every label has a centroid (checked above)
     if classes.size <= MAX_CONFUSION_CLASSES:
         out["recon_class_confusion"] = class_confusion(labels, predicted, classes)
@@ -105,6 +117,7 @@ def write_report(report_dir, metrics: dict, figure: np.ndarray, title: str, note
     lines += ["| metric | value |", "|---|---|"]
     for key in ("real_verification_accuracy", "recon_verification_accuracy",
                 "recon_class_agreement", "recon_class_agreement_balanced", "real_class_agreement",
+                "recon_class_agreement_loo", "real_class_agreement_loo",
                 "feature_cosine_mean",
                 "real_tar_at_far_1e-03", "recon_tar_at_far_1e-03", "real_val_cv_at_far_1e-03",
                 "recon_val_cv_at_far_1e-03", "flow_bits_per_dim",

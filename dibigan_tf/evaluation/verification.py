@@ -899,15 +899,10 @@ def leave_one_out_nearest_centroid(probes, embeddings, labels):
         raise ValueError(f"labels must be 1-D with {g.shape[0]} entries, got shape {lab.shape}")
     if g.shape[0] == 0:
         raise ValueError("embeddings must be non-empty")
-    classes, inv = np.unique(lab, return_inverse=True)
-    inv = inv.reshape(-1)
-    counts = np.bincount(inv, minlength=classes.size)
+    classes, inv, counts, unit, sums = _class_sums(g, lab)
     probed = np.flatnonzero(counts[inv] >= 2)
     if probed.size == 0:
         raise ValueError("no class has two rows: leave-one-out rank-1 has nothing to probe")
-    unit = l2_normalize(g)
-    sums = np.zeros((classes.size, g.shape[1]))
-    np.add.at(sums, inv, unit)
     centroids = l2_normalize(sums / counts[:, None])
     qn = l2_normalize(q[probed])
     scores = qn @ centroids.T
@@ -915,6 +910,17 @@ def leave_one_out_nearest_centroid(probes, embeddings, labels):
     rest = l2_normalize((sums[own] - unit[probed]) / (counts[own] - 1)[:, None])
     scores[np.arange(probed.size), own] = np.sum(qn * rest, axis=1)
     return probed, classes[np.argmax(scores, axis=1)]
+
+
+def _class_sums(embeddings, labels):
+    """(sorted classes, each row's class index, rows per class, the L2-normalised rows, their
+    sum per class): what a class centroid (the normalised mean of normalised rows) is made of."""
+    classes, inv = np.unique(labels, return_inverse=True)
+    inv = inv.reshape(-1)
+    unit = l2_normalize(embeddings)
+    sums = np.zeros((classes.size, embeddings.shape[1]))
+    np.add.at(sums, inv, unit)
+    return classes, inv, np.bincount(inv, minlength=classes.size), unit, sums
 
 
 def _nearest_centroid(embeddings, labels, centroid_embeddings, centroid_labels):
@@ -933,14 +939,11 @@ def _nearest_centroid(embeddings, labels, centroid_embeddings, centroid_labels):
                          f"have dim {c.shape[1]}")
     if q.shape[0] == 0 or c.shape[0] == 0:
         raise ValueError("embeddings and centroid_embeddings must be non-empty")
-    classes, cinv = np.unique(cl, return_inverse=True)
-    cinv = cinv.reshape(-1)
+    classes, _, counts, _, sums = _class_sums(c, cl)
     missing = ~np.isin(ql, classes)
     if missing.any():
         raise ValueError(f"labels {np.unique(ql[missing])[:10].tolist()} have no centroid "
                          f"in centroid_labels")
-    sums = np.zeros((classes.size, c.shape[1]))
-    np.add.at(sums, cinv, l2_normalize(c))
-    centroids = l2_normalize(sums / np.bincount(cinv)[:, None])
+    centroids = l2_normalize(sums / counts[:, None])
     nearest = np.argmax(l2_normalize(q) @ centroids.T, axis=1)
     return ql, classes[nearest]

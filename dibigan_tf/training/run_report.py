@@ -40,7 +40,8 @@ def write_run_report(cfg: RunConfig, ctx) -> dict:
     pos, neg = report_pair_counts(cfg, heldout.labels, people)
     metrics = evaluate_reconstructions(held_features, recon_features, heldout.labels,
                                        gallery[0], gallery[1], num_positive=pos,
-                                       num_negative=neg, seed=cfg.data_seed)
+                                       num_negative=neg, seed=cfg.data_seed,
+                                       leave_one_out=bool(people))
     # does v change the face, and does identity survive every v (v_variation_draws v over up to
     # v_variation_features held-out features; their images are F queries, counted)
     if cfg.v_variation_draws:

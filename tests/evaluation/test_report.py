@@ -64,6 +64,30 @@ def test_balanced_agreement_weighs_each_class_once():
     assert out["recon_class_agreement_balanced"] == pytest.approx(0.25)
 
 
+def test_leave_one_out_agreement_for_a_gallery_of_the_images_themselves():
+    # class 0: 5 images; class 1: 5; class 2: one image, reconstructed as class 0.
+    labels = np.array([0] * 5 + [1] * 5 + [2])
+    real = _clustered(labels, seed=4)
+    recon = real.copy()
+    recon[10] = real[0]
+    recon[0] = real[5]                       # one class-0 image reconstructed as class 1
+    out = evaluate_reconstructions(real, recon, labels, real, labels, num_positive=20,
+                                   num_negative=20, seed=0, leave_one_out=True)
+    # the plain rule counts class 2's lone image (itself its centroid) for the real images
+    assert out["real_class_agreement"] == 1.0 and out["real_class_agreement_loo"] == 1.0
+    assert out["recon_class_agreement"] == pytest.approx(9 / 11)
+    assert out["class_agreement_loo_images"] == 10                    # class 2 not probed
+    assert out["recon_class_agreement_loo"] == pytest.approx(9 / 10)
+    # the same probes against the gallery without each image, one at a time
+    from dibigan_tf.evaluation.verification import nearest_centroid_labels
+    hits = [nearest_centroid_labels(recon[i:i + 1], labels[i:i + 1], real[keep], labels[keep])[0]
+            == labels[i] for i in range(10) for keep in [np.arange(11) != i]]
+    assert out["recon_class_agreement_loo"] == pytest.approx(np.mean(hits))
+    plain = evaluate_reconstructions(real, recon, labels, real, labels, num_positive=20,
+                                     num_negative=20, seed=0)
+    assert "recon_class_agreement_loo" not in plain                   # digits: training gallery
+
+
 def test_reconstruction_figure_rows_per_class():
     labels = np.repeat(np.arange(3), 9)
     inputs = np.zeros((27, 4, 4, 1), np.uint8)

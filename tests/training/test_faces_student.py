@@ -70,6 +70,9 @@ def test_student_stage_on_faces_with_dlib(tmp_path):
     assert 0 < v_queries <= 8 * 8
     assert report["blackbox_queries"] == 24 + 8 + v_queries
     assert 0.0 <= report["recon_class_agreement"] <= 1.0     # rank-1 among the held-out people
+    # and with each image left out of its own person's centroid (every held-out person has 4)
+    assert report["class_agreement_loo_images"] == 8
+    assert 0.0 <= report["recon_class_agreement_loo"] <= 1.0
     assert report["flow_bits_per_dim_mixture"] > 0 and "flow_bits_per_dim" not in report
     assert report["flow_train_bits_per_dim"] > 0
     for name in ("reconstructions", "figure4", "figure6", "figure7"):

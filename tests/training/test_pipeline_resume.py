@@ -56,6 +56,7 @@ def test_sigkill_in_gan_stage_resumes_from_last_checkpoint(tmp_path, tiny_base):
                 "recon_class_agreement", "feature_cosine_mean", "blackbox_queries", "seconds",
                 "flow_bits_per_dim"):
         assert key in metrics
+    assert "recon_class_agreement_loo" not in metrics    # digits: the training split's centroids
     # every image queried once, ever: 400 training + 400 affine copies + 200 held-out, then 200
     # reconstructions (the resumed run drew the same copies and queried none of them again),
     # and the v_variation measure's 64 features x 8 draws of v (fewer if two images are equal)
