@@ -1,10 +1,21 @@
-"""What every data loader shares: the error a person can act on, and a set of images with
-identities."""
+"""What every data loader shares: the error a person can act on, a set of images with
+identities, and a file's content digest."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
+
+
+def file_sha1(path: str) -> str:
+    """SHA-1 of a file's bytes (hex): what a model file's store key and a cached crop's content
+    key name it by."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class DataError(ValueError):

@@ -9,7 +9,9 @@ read from, and a failed image is dropped, never replaced.
 
 Aligned crops are cached in shards under `<cache_dir>/<aligner key>/`, keyed by the file's path
 relative to the root, size and modification time, so a second run aligns nothing and an
-interrupted alignment resumes.
+interrupted alignment resumes. Each crop is also stored under the SHA-1 of the file's bytes: a
+folder copied or restored elsewhere (new modification times, the same bytes) is found by content
+and not aligned again.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from dibigan_tf.data.base import DataError, ImageSet
+from dibigan_tf.data.base import DataError, ImageSet, file_sha1
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 
@@ -193,33 +195,74 @@ def _record_key(root: str, rel: str) -> str:
 
 
 class AlignedCache:
-    """Shards of aligned crops keyed by (path, size, mtime); failures are cached too."""
+    """Shards of aligned crops keyed by (path, size, mtime); failures are cached too.
+
+    A shard row may also carry the SHA-1 of the file's bytes (`digests`, "" where unknown), so
+    that `by_digest` finds a crop whose file kept its bytes but not its key (a copied or
+    restored folder). `alias` records such files' new keys (`alias-*.npz`: keys and digests, no
+    pixels), so later runs find them by key without reading the files.
+    """
 
     def __init__(self, cache_dir: str, aligner_key: str):
         self.dir = os.path.join(cache_dir, aligner_key)
         os.makedirs(self.dir, exist_ok=True)
-        self.entries = {}
+        self.entries, self.by_digest = {}, {}
         for shard in sorted(glob.glob(os.path.join(self.dir, "shard-*.npz"))):
             try:
                 with np.load(shard) as data:
                     keys, status, images = data["keys"], data["status"], data["images"]
+                    digests = data["digests"] if "digests" in data.files else [""] * len(keys)
             except Exception as error:  # a shard cut short by a crash: align those again
                 logging.warning("%s: unreadable cache shard (%s); its images are aligned again",
                                 shard, error)
                 continue
-            for k, s, im in zip(keys, status, images):
-                self.entries[str(k)] = (str(s), im)
+            self._remember(keys, status, images, digests)
+        for alias in sorted(glob.glob(os.path.join(self.dir, "alias-*.npz"))):
+            try:
+                with np.load(alias) as data:
+                    pairs = list(zip(data["keys"], data["digests"]))
+            except Exception as error:  # cut short by a crash: those are looked up again
+                logging.warning("%s: unreadable cache alias file (%s)", alias, error)
+                continue
+            for key, digest in pairs:
+                if str(digest) in self.by_digest:
+                    self.entries[str(key)] = self.by_digest[str(digest)]
 
-    def add(self, keys, status, images, size):
+    def _remember(self, keys, status, images, digests):
+        for k, s, im, d in zip(keys, status, images, digests):
+            self.entries[str(k)] = (str(s), im)
+            if d:
+                self.by_digest[str(d)] = self.entries[str(k)]
+
+    def _write(self, prefix, **arrays):
+        index = len(glob.glob(os.path.join(self.dir, f"{prefix}-*.npz")))
+        path = os.path.join(self.dir, f"{prefix}-{index:05d}.npz")
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    def add(self, keys, status, images, size, digests=None):
         stack = np.stack([im if im is not None else np.zeros((size, size, 3), np.uint8)
                           for im in images])
-        index = len(glob.glob(os.path.join(self.dir, "shard-*.npz")))
-        path = os.path.join(self.dir, f"shard-{index:05d}.npz")
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, keys=np.array(keys), status=np.array(status), images=stack)
-        os.replace(tmp, path)
-        for k, s, im in zip(keys, status, stack):
-            self.entries[k] = (s, im)
+        digests = [""] * len(keys) if digests is None else list(digests)
+        self._write("shard", keys=np.array(keys), status=np.array(status), images=stack,
+                    digests=np.array(digests))
+        self._remember(keys, status, stack, digests)
+
+    def alias(self, keys, digests):
+        """Files whose bytes are cached under other keys: their keys now name the same crops."""
+        self._write("alias", keys=np.array(keys), digests=np.array(digests))
+        for key, digest in zip(keys, digests):
+            self.entries[key] = self.by_digest[digest]
+
+
+def _content_digest(path: str) -> str:
+    """"sha1:<hex>" of a file's bytes, or "" when it cannot be read (alignment then counts it
+    unreadable)."""
+    try:
+        return "sha1:" + file_sha1(path)
+    except OSError:
+        return ""
 
 
 def load_face_folders(root: str, aligner, cache_dir: str, chunk_size: int = 500,
@@ -250,16 +293,25 @@ def load_face_folders(root: str, aligner, cache_dir: str, chunk_size: int = 500,
     cache = AlignedCache(cache_dir, aligner.key)
     keys = [_record_key(root, p) for p in paths]
     todo = [i for i, k in enumerate(keys) if k not in cache.entries]
+    digests = {i: _content_digest(os.path.join(root, paths[i])) for i in todo}
+    same_bytes = [i for i in todo if digests[i] in cache.by_digest]
+    if same_bytes:
+        cache.alias([keys[i] for i in same_bytes], [digests[i] for i in same_bytes])
+        logging.info("%d photos new to the cache by path and file time have cached crops of "
+                     "the same bytes (a copied or restored folder): not aligned again",
+                     len(same_bytes))
+        todo = [i for i in todo if keys[i] not in cache.entries]
     start = time.time()
     for c in range(0, len(todo), chunk_size):
         chunk = todo[c:c + chunk_size]
         done = [align_one(aligner, lambda: read_rgb(os.path.join(root, paths[i])))
                 for i in chunk]
         cache.add([keys[i] for i in chunk], [d[0] for d in done], [d[1] for d in done],
-                  aligner.size)
+                  aligner.size, digests=[digests[i] for i in chunk])
         if progress:
             progress(min(c + chunk_size, len(todo)), len(todo), time.time() - start)
     return faces_from_cache(paths, names, keys, cache, root, aligned_this_pass=len(todo),
+                            found_by_content=len(same_bytes),
                             empty_identity_folders=len(empty), listed_missing=len(missing))
 
 

@@ -9,22 +9,12 @@ sent to F once and every query is counted.
 from __future__ import annotations
 
 import abc
-import hashlib
 
 import numpy as np
 
 
 class MatcherError(RuntimeError):
     """A matcher failed or answered something unusable (wrong shape, NaN...)."""
-
-
-def file_sha1(path: str) -> str:
-    """SHA-1 of a file's bytes (hex): what a model file's store key names it by."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def first_line(error: BaseException) -> str:

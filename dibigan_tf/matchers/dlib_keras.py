@@ -35,8 +35,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from dibigan_tf.data.base import file_sha1
 from dibigan_tf.keras_compat import keras
-from dibigan_tf.matchers.base import FixedMatcher, MatcherError, file_sha1
+from dibigan_tf.matchers.base import FixedMatcher, MatcherError
 from dibigan_tf.matchers.dlib_dat import CHIP_SIZE, TAP_NAMES, DlibNetwork, read_dlib_network
 from dibigan_tf.matchers.dlib_matcher import _resize
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from dibigan_tf.data.base import file_sha1
 from dibigan_tf.data.dlib_models import CHIP_PADDING, dlib_models
-from dibigan_tf.matchers.base import Matcher, MatcherError, file_sha1
+from dibigan_tf.matchers.base import Matcher, MatcherError
 
 CHIP_SIZE = 150
 CHIP_MODES = ("aligned", "landmarks")

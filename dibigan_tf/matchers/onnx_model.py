@@ -24,7 +24,8 @@ import os
 
 import numpy as np
 
-from dibigan_tf.matchers.base import FixedMatcher, MatcherError, file_sha1, first_line
+from dibigan_tf.data.base import file_sha1
+from dibigan_tf.matchers.base import FixedMatcher, MatcherError, first_line
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
            "tensor(double)": np.float64}

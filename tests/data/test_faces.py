@@ -1,6 +1,8 @@
 """Identity folders, image decoding of awkward files, person splits, LFW pairs and the aligned
 cache (with a stand-in aligner, so these tests need no dlib)."""
+import glob
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -216,8 +218,57 @@ def test_load_face_folders_counts_bad_images_and_keeps_identities(tmp_path):
     assert third.calls == 1
 
 
+def _distinct_folder(tmp_path, people=("alice", "bob"), photos=3):
+    """Every photo its own colour (no two files with the same bytes, so none is found in the
+    cache by another's content)."""
+    root = tmp_path / "distinct"
+    for k, name in enumerate(people):
+        for i in range(photos):
+            _save(str(root / name / f"{name}_{i + 1:04d}.png"),
+                  np.full((20, 20, 3), (40 * k + 10 * i + 5, 60, 90), np.uint8))
+    return root
+
+
+def test_a_copied_folder_is_found_by_content_and_not_aligned_again(tmp_path):
+    # every photo its own colour, so a crop handed to the wrong file would show
+    root = _distinct_folder(tmp_path)
+    (root / "bob" / "bob_0009.jpg").write_bytes(b"broken")
+    cache = str(tmp_path / "cache")
+    first = MeanAligner()
+    faces, stats = load_face_folders(str(root), first, cache)
+    assert first.calls == 6 and stats["found_by_content"] == 0
+    # a copy with new file times (cp without -p, a restored backup): the same bytes
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    for path in copy.rglob("*.*"):
+        os.utime(path, ns=(10 ** 18, 10 ** 18))
+    second = MeanAligner()
+    moved, stats = load_face_folders(str(copy), second, cache)
+    assert second.calls == 0 and stats["aligned_this_pass"] == 0
+    assert stats["found_by_content"] == 7 and stats["status_unreadable"] == 1
+    assert moved.paths == faces.paths and (moved.labels == faces.labels).all()
+    assert (moved.images == faces.images).all()
+    # their new keys were recorded: the next run finds them by key, reading no file
+    third = MeanAligner()
+    _, stats = load_face_folders(str(copy), third, cache)
+    assert third.calls == 0 and stats["found_by_content"] == 0
+    # shards written without digests still serve their own keys; a copy is then aligned again
+    for shard in glob.glob(os.path.join(cache, MeanAligner.key, "shard-*.npz")):
+        with np.load(shard) as data:
+            arrays = {k: data[k] for k in data.files if k != "digests"}
+        np.savez(shard, **arrays)
+    for alias in glob.glob(os.path.join(cache, MeanAligner.key, "alias-*.npz")):
+        os.remove(alias)
+    fourth = MeanAligner()
+    load_face_folders(str(root), fourth, cache)
+    assert fourth.calls == 0
+    fifth = MeanAligner()
+    _, stats = load_face_folders(str(copy), fifth, cache)
+    assert fifth.calls == 6 and stats["found_by_content"] == 0
+
+
 def test_load_face_folders_resumes_after_interruption(tmp_path):
-    root = _folder(tmp_path)
+    root = _distinct_folder(tmp_path, people=("alice", "bob", "carol"))
 
     class Crash(MeanAligner):
         def align(self, image):
